@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Export a Hugging Face masked-LM SPLADE model to ONNX with the pooling fused in.
+
+The graph takes ``input_ids`` and ``attention_mask`` (int64 [batch, seq]) and
+returns ``pooled_logits`` (float32 [batch, vocab]): the max over the sequence
+of the MLM logits with padding masked out. SPLADE's log1p(relu(.)) is
+monotone, so applying it after this max (in the sparsify model) gives exactly
+max over tokens of log1p(relu(logits)); the [batch, seq, vocab] logits stay
+inside ONNX Runtime.
+
+The exported graph is checked against the reference (transformers, literal
+SPLADE formula) on varied texts; the script fails when the max abs difference
+exceeds the tolerance or the sets of non-zero terms differ. Then the .onnx
+and the tokenizer files are installed into the model repository.
+
+    python export/export_onnx.py --model models/splade-tiny
+    python export/export_onnx.py --model naver/splade-v3   # where the hub is reachable
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from splade_triton import reference  # noqa: E402
+from splade_triton.splade import activate  # noqa: E402
+from splade_triton.texts import VARIED_TEXTS  # noqa: E402
+
+INPUTS = ("input_ids", "attention_mask")
+OUTPUT = "pooled_logits"
+
+
+def fused_module(mlm):
+    import torch
+
+    class FusedSpladeMaxPool(torch.nn.Module):
+        """MLM logits, padding masked to the dtype's minimum, max over tokens."""
+
+        def __init__(self, mlm):
+            super().__init__()
+            self.mlm = mlm
+
+        def forward(self, input_ids, attention_mask):
+            logits = self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
+            padding = (attention_mask == 0).unsqueeze(-1)
+            return logits.masked_fill(padding, torch.finfo(logits.dtype).min).amax(dim=1)
+
+    return FusedSpladeMaxPool(mlm).eval()
+
+
+def export(mlm, path: Path, opset: int) -> None:
+    import torch
+
+    module = fused_module(mlm)
+    example = (torch.ones(2, 16, dtype=torch.int64), torch.ones(2, 16, dtype=torch.int64))
+    batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("seq", min=1)
+    with torch.inference_mode():
+        program = torch.onnx.export(
+            module,
+            example,
+            dynamo=True,
+            input_names=list(INPUTS),
+            output_names=[OUTPUT],
+            opset_version=opset,
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            optimize=True,
+        )
+    program.save(str(path), external_data=False)
+
+
+def validate(onnx_path: Path, tokenizer, mlm, texts, max_length: int, tolerance: float) -> dict:
+    """Compare the graph, run in padded batches, with the reference on each text."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    if names != list(INPUTS) or [o.name for o in session.get_outputs()] != [OUTPUT]:
+        raise SystemExit(f"unexpected graph signature: inputs {names}, outputs {[o.name for o in session.get_outputs()]}")
+
+    expected = reference.encode(tokenizer, mlm, texts, max_length=max_length)
+    got = []
+    # Batches of mixed lengths, so the padding mask is exercised too.
+    for i in range(0, len(texts), 7):
+        enc = tokenizer(list(texts[i : i + 7]), padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        feeds = {name: enc[name].astype(np.int64) for name in INPUTS}
+        got.append(activate(session.run(None, feeds)[0]))
+    got = np.concatenate(got)
+
+    diff = float(np.abs(got - expected).max())
+    support_mismatch = int(((got > 0) != (expected > 0)).sum())
+    report = {"texts": len(texts), "max_abs_diff": diff, "nonzero_mismatches": support_mismatch}
+    print(f"validation on {len(texts)} texts: max abs diff {diff:.3g} (tolerance {tolerance:g}), "
+          f"non-zero set mismatches {support_mismatch}")
+    if diff > tolerance or support_mismatch:
+        raise SystemExit(f"ONNX export does not match the reference: max abs diff {diff:.3g} > {tolerance:g} "
+                         f"or {support_mismatch} non-zero mismatches")
+    return report
+
+
+def install(repository: Path, onnx_path: Path, tokenizer_dir: Path, info: dict) -> None:
+    encoder = repository / "encoder" / "1"
+    shutil.copyfile(onnx_path, encoder / "model.onnx")
+    for model in ("tokenizer", "sparsify"):
+        shutil.copyfile(tokenizer_dir / "tokenizer.json", repository / model / "1" / "tokenizer.json")
+    shutil.copyfile(tokenizer_dir / "tokenizer_config.json", repository / "tokenizer" / "1" / "tokenizer_config.json")
+    (encoder / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"installed model.onnx and tokenizer files into {repository}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="models/splade-tiny", help="local directory or Hugging Face hub id")
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--max-length", type=int, default=512, help="truncation length used in validation")
+    parser.add_argument("--opset", type=int, default=18)
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed in validation")
+    args = parser.parse_args()
+
+    started = time.time()
+    tokenizer, mlm = reference.load(args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        onnx_path = tmp / "model.onnx"
+        export(mlm, onnx_path, args.opset)
+        print(f"exported {args.model} to ONNX ({onnx_path.stat().st_size / 2**20:.1f} MiB) in {time.time() - started:.1f} s")
+        report = validate(onnx_path, tokenizer, mlm, VARIED_TEXTS, args.max_length, args.tolerance)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        info = {
+            "source_model": args.model,
+            "opset": args.opset,
+            "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+            "vocab_size": int(mlm.config.vocab_size),
+            "validation": report,
+        }
+        install(args.repository, onnx_path, tmp / "tokenizer", info)
+
+
+if __name__ == "__main__":
+    main()

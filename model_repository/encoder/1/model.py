@@ -1,0 +1,91 @@
+"""Triton Python model: ONNX Runtime encoder with the fused SPLADE max-pooling."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+from splade_triton.batching import plan_chunks
+from splade_triton.params import Param, read_model_parameters
+
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+PARAMETERS = {
+    "onnx_file": Param(str, "model.onnx"),
+    "max_batch_tokens": Param(int, 8192, lambda v: v >= 1, "an integer >= 1"),
+    "intra_op_threads": Param(int, 0, lambda v: v >= 0, "an integer >= 0"),
+    "allow_spinning": Param(bool, False),
+    "graph_optimization_level": Param(str, "all", lambda v: v in _LEVELS, " | ".join(_LEVELS)),
+}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.settings = s = read_model_parameters(json.loads(args["model_config"]), PARAMETERS)
+        path = os.path.join(args["model_repository"], args["model_version"], s["onnx_file"])
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"ONNX model not found: {path} (run export/export_onnx.py)")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = s["intra_op_threads"]
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = _LEVELS[s["graph_optimization_level"]]
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if s["allow_spinning"] else "0")
+        try:
+            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ValueError(f"cannot load ONNX model {path}: {e}") from None
+        names = {i.name for i in self.session.get_inputs()}
+        if names != {"input_ids", "attention_mask"}:
+            raise ValueError(f"{path} takes inputs {sorted(names)}; expected input_ids, attention_mask")
+        self.vocab_size = self.session.get_outputs()[0].shape[-1]
+
+    def _read(self, request):
+        ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
+        mask = pb_utils.get_input_tensor_by_name(request, "attention_mask").as_numpy()
+        if ids.ndim != 2 or ids.shape != mask.shape:
+            return None, f"input_ids {ids.shape} and attention_mask {mask.shape} must be the same 2-D shape"
+        mask = mask.astype(bool, copy=False)
+        if not mask.any(axis=1).all():
+            return None, "every text needs at least one token with attention_mask 1"
+        # Strip each row's padding; rows regroup by length across requests below.
+        return [row[keep] for row, keep in zip(ids, mask)], None
+
+    def execute(self, requests):
+        rows, counts, errors = [], [], {}
+        for r, request in enumerate(requests):
+            request_rows, error = self._read(request)
+            if error:
+                errors[r] = error
+                request_rows = []
+            counts.append(len(request_rows))
+            rows.extend(request_rows)
+
+        pooled = np.empty((len(rows), self.vocab_size), dtype=np.float32)
+        lengths = [row.size for row in rows]
+        for chunk in plan_chunks(lengths, self.settings["max_batch_tokens"]):
+            width = max(lengths[i] for i in chunk)
+            ids = np.zeros((chunk.size, width), dtype=np.int64)
+            mask = np.zeros((chunk.size, width), dtype=np.int64)
+            for j, i in enumerate(chunk):
+                ids[j, : lengths[i]] = rows[i]
+                mask[j, : lengths[i]] = 1
+            pooled[chunk] = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+        responses, start = [], 0
+        for r, count in enumerate(counts):
+            if r in errors:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(errors[r], pb_utils.TritonError.INVALID_ARG)))
+                continue
+            out = pooled[start : start + count]
+            start += count
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("pooled_logits", out)]))
+        return responses

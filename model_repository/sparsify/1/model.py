@@ -1,0 +1,55 @@
+"""Triton Python model: SPLADE activation and sparsification."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from tokenizers import Tokenizer
+
+from splade_triton.params import Param, RequestOptions, parse_request_options, read_model_parameters
+from splade_triton.splade import activate, sparsify
+
+PARAMETERS = {
+    "top_k": Param(int, 0, lambda v: v >= 0, "an integer >= 0"),
+    "min_weight": Param(float, 0.0, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        settings = read_model_parameters(json.loads(args["model_config"]), PARAMETERS)
+        self.defaults = RequestOptions(top_k=settings["top_k"], min_weight=settings["min_weight"])
+        path = os.path.join(args["model_repository"], args["model_version"], "tokenizer.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"tokenizer file not found: {path} (run export/export_onnx.py)")
+        try:
+            vocab = Tokenizer.from_file(path).get_vocab(with_added_tokens=True)
+        except Exception as e:
+            raise ValueError(f"cannot load tokenizer file {path}: {e}") from None
+        # id -> UTF-8 term, with b"" at the end for the -1 padding index.
+        self.terms = np.empty(max(vocab.values()) + 2, dtype=object)
+        self.terms[:] = b""
+        for term, i in vocab.items():
+            self.terms[i] = term.encode("utf-8")
+
+    def _respond(self, request):
+        try:
+            options = parse_request_options(request.parameters(), self.defaults)
+        except ValueError as e:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
+        pooled = pb_utils.get_input_tensor_by_name(request, "pooled_logits").as_numpy()
+        sparse = sparsify(pooled, top_k=options.top_k, min_weight=options.min_weight)
+        outputs = [
+            pb_utils.Tensor("indices", sparse.indices),
+            pb_utils.Tensor("values", sparse.values),
+            pb_utils.Tensor("tokens", self.terms[sparse.indices]),
+            pb_utils.Tensor("embedding", activate(pooled)),
+        ]
+        return pb_utils.InferenceResponse(output_tensors=outputs)
+
+    def execute(self, requests):
+        return [self._respond(request) for request in requests]

@@ -1,0 +1,3 @@
+"""SPLADE sparse embeddings served by NVIDIA Triton Inference Server."""
+
+__version__ = "0.1.0"
