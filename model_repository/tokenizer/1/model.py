@@ -9,7 +9,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
-from splade_triton.params import Param, read_model_parameters
+from splade_triton.params import Param, RequestOptions, parse_request_options, read_model_parameters
 
 PARAMETERS = {
     "max_length": Param(int, 512, lambda v: v >= 2, "an integer >= 2"),
@@ -17,6 +17,9 @@ PARAMETERS = {
     "padding": Param(str, "request", lambda v: v in ("request", "batch"), "'request' or 'batch'"),
     "pad_to_multiple_of": Param(int, 1, lambda v: v >= 1, "an integer >= 1"),
 }
+
+# Stand-in defaults: only the request's own values are checked here.
+_ANY_OPTIONS = RequestOptions(top_k=0, min_weight=0.0)
 
 
 class TritonPythonModel:
@@ -34,6 +37,12 @@ class TritonPythonModel:
 
     def _texts(self, request):
         """The request's texts as str, or an error message for the caller."""
+        try:
+            # Checked here too, so a bad top_k / min_weight fails before any
+            # encoder work; the sparsify step applies them.
+            parse_request_options(request.parameters(), _ANY_OPTIONS)
+        except ValueError as e:
+            return None, str(e)
         raw = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)
         limit = self.settings["max_text_bytes"]
         texts = []

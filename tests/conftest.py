@@ -1,0 +1,126 @@
+"""Fixtures: a real tritonserver on free ports, clients, the reference model."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from splade_triton import reference
+from splade_triton.server import ServerOptions, command, environment
+
+ROOT = Path(__file__).resolve().parents[1]
+REPOSITORY = ROOT / "model_repository"
+MODEL_DIR = ROOT / "models" / "splade-tiny"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A tritonserver process serving a model repository on 127.0.0.1."""
+
+    def __init__(self, repository: Path, log_path: Path, extra_args: tuple[str, ...] = ()):
+        self.options = ServerOptions(
+            model_repository=str(repository),
+            http_port=free_port(),
+            grpc_port=free_port(),
+            metrics_port=free_port(),
+            extra_args=extra_args,
+        )
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(command(self.options), env=environment(), stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.options.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.options.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.options.metrics_port}/metrics"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            if self.is_ready():
+                return
+            time.sleep(0.25)
+        raise RuntimeError(f"tritonserver not ready after {timeout} s:\n{self.log()[-4000:]}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
+            return r.read().decode()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    if not (REPOSITORY / "encoder" / "1" / "model.onnx").is_file():
+        pytest.fail("model_repository has no model.onnx: run script/setup")
+    srv = Server(REPOSITORY, tmp_path_factory.mktemp("triton") / "server.log")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def reference_model():
+    return reference.load(str(MODEL_DIR))
+
+
+@pytest.fixture(scope="session")
+def vocab_size(reference_model):
+    return reference_model[1].config.vocab_size
+
+
+@pytest.fixture(scope="session")
+def reference_encode(reference_model):
+    """texts -> reference SPLADE vectors [n, vocab] (transformers, literal formula)."""
+    tokenizer, mlm = reference_model
+    cache: dict[str, np.ndarray] = {}
+
+    def encode(texts):
+        missing = [t for t in dict.fromkeys(texts) if t not in cache]
+        if missing:
+            for text, vec in zip(missing, reference.encode(tokenizer, mlm, missing)):
+                cache[text] = vec
+        return np.stack([cache[t] for t in texts])
+
+    return encode

@@ -1,0 +1,142 @@
+"""The splade ensemble on a real tritonserver, over HTTP and gRPC."""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from splade_triton.texts import VARIED_TEXTS
+from tests import triton
+
+PROTOCOLS = ["http", "grpc"]
+
+
+@pytest.fixture(params=PROTOCOLS)
+def protocol(request):
+    return request.param
+
+
+@pytest.fixture
+def client(protocol, server):
+    return triton.client(protocol, server)
+
+
+def test_server_and_models_are_ready(server, client):
+    assert client.is_server_ready()
+    for model in ("splade", "tokenizer", "encoder", "sparsify"):
+        assert client.is_model_ready(model)
+
+
+def test_ensemble_contract(server):
+    config = triton.client("grpc", server).get_model_config("splade", as_json=True)["config"]
+    assert config["platform"] == "ensemble"
+    assert int(config["max_batch_size"]) >= 64
+    assert [(i["name"], i["data_type"]) for i in config["input"]] == [("text", "TYPE_STRING")]
+    outputs = {o["name"]: o["data_type"] for o in config["output"]}
+    assert outputs == {"indices": "TYPE_INT32", "values": "TYPE_FP32", "tokens": "TYPE_STRING", "embedding": "TYPE_FP32"}
+
+
+def test_capital_of_france(protocol, client):
+    out = triton.encode(protocol, client, ["what is the capital of france"])
+    terms = [t.decode() for t in out["tokens"][0] if t]
+    assert {"capital", "france", "paris"} <= set(terms)
+    assert terms[:2] == ["capital", "france"]
+
+
+def test_matches_the_reference_formula(protocol, client, reference_encode, vocab_size):
+    """Every vocabulary entry within 1e-4 and the same non-zero terms, for varied texts."""
+    out = triton.encode(protocol, client, VARIED_TEXTS)
+    expected = reference_encode(VARIED_TEXTS)
+    got = triton.densify(out["indices"], out["values"], vocab_size)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(got > 0, expected > 0)
+    np.testing.assert_allclose(out["embedding"], expected, rtol=0, atol=1e-4)
+
+
+def test_output_layout(protocol, client):
+    texts = ["a", "what is the capital of france", "the tower was built from 1887 to 1889 in paris"]
+    out = triton.encode(protocol, client, texts)
+    indices, values, tokens, embedding = (out[k] for k in ("indices", "values", "tokens", "embedding"))
+    assert indices.dtype == np.int32 and values.dtype == np.float32
+    assert indices.shape == values.shape == tokens.shape
+    counts = (indices >= 0).sum(axis=1)
+    assert indices.shape[1] == counts.max() == (embedding > 0).sum(axis=1).max()
+    for row, n in enumerate(counts):
+        assert np.all(indices[row, n:] == -1) and np.all(values[row, n:] == 0) and all(t == b"" for t in tokens[row, n:])
+        assert np.all(values[row, :n] > 0) and np.all(np.diff(values[row, :n]) <= 0)
+        np.testing.assert_array_equal(values[row, :n], embedding[row, indices[row, :n]])
+
+
+def test_tokens_name_the_indices(protocol, client, reference_model):
+    tokenizer = reference_model[0]
+    out = triton.encode(protocol, client, ["Zürich weather forecast"], outputs=("indices", "tokens"))
+    n = (out["indices"][0] >= 0).sum()
+    assert [t.decode() for t in out["tokens"][0, :n]] == tokenizer.convert_ids_to_tokens(out["indices"][0, :n].tolist())
+
+
+def test_top_k_and_min_weight_per_request(protocol, client):
+    text = ["the eiffel tower is a wrought-iron lattice tower in paris"]
+    full = triton.encode(protocol, client, text)
+    top = triton.encode(protocol, client, text, parameters={"top_k": 5})
+    assert top["indices"].shape == (1, 5)
+    np.testing.assert_array_equal(top["indices"], full["indices"][:, :5])
+    np.testing.assert_array_equal(top["embedding"], full["embedding"])  # top_k shapes the sparse form only
+    heavy = triton.encode(protocol, client, text, parameters={"min_weight": 1.0})
+    n = (full["values"][0] >= 1.0).sum()
+    assert 0 < n < full["indices"].shape[1]
+    np.testing.assert_array_equal(heavy["indices"][0], full["indices"][0, :n])
+    both = triton.encode(protocol, client, text, parameters={"top_k": 2, "min_weight": 0.5})
+    np.testing.assert_array_equal(both["indices"][0], full["indices"][0, :2])
+
+
+def test_texts_over_max_length_are_truncated(protocol, client, reference_encode, vocab_size):
+    long = "paris " * 2000  # 2000+ tokens: the tokenizer keeps the first 512
+    out = triton.encode(protocol, client, [long, long + "london"])
+    np.testing.assert_array_equal(out["indices"][0], out["indices"][1])  # "london" is past the cut
+    np.testing.assert_allclose(triton.densify(out["indices"], out["values"], vocab_size)[:1], reference_encode([long]), atol=1e-4)
+
+
+def test_same_vector_alone_and_in_concurrent_batches(server, vocab_size):
+    """A text's vector does not depend on what it was batched with."""
+    texts = VARIED_TEXTS * 4
+    alone = {}
+    grpc = triton.client("grpc", server)
+    for t in VARIED_TEXTS:
+        out = triton.encode("grpc", grpc, [t], outputs=("indices", "values"))
+        alone[t] = triton.densify(out["indices"], out["values"], vocab_size)[0]
+
+    # 64 concurrent requests of 1 to 4 mixed texts each.
+    rng = np.random.default_rng(0)
+    requests = [[texts[j] for j in rng.choice(len(texts), size=rng.integers(1, 5))] for _ in range(64)]
+
+    def call(batch):
+        c = triton.client("grpc", server)
+        out = triton.encode("grpc", c, batch, outputs=("indices", "values"))
+        return triton.densify(out["indices"], out["values"], vocab_size)
+
+    before = encoder_counts(server)
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(call, requests))
+    after = encoder_counts(server)
+    for batch, dense in zip(requests, results):
+        for t, vec in zip(batch, dense):
+            np.testing.assert_allclose(vec, alone[t], rtol=0, atol=1e-5)
+            np.testing.assert_array_equal(vec > 0, alone[t] > 0)
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == sum(len(b) for b in requests)
+    # Concurrent requests of different lengths were merged into encoder executions.
+    assert executions < 64
+
+
+def encoder_counts(server) -> tuple[int, int]:
+    """Triton's (inference count, execution count) of the encoder, from /metrics."""
+    text = server.metrics()
+
+    def value(metric):
+        m = re.search(rf'^{metric}{{model="encoder",version="1"}} (\S+)$', text, re.M)
+        return int(float(m.group(1)))
+
+    return value("nv_inference_count"), value("nv_inference_exec_count")
