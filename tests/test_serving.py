@@ -140,3 +140,37 @@ def encoder_counts(server) -> tuple[int, int]:
         return int(float(m.group(1)))
 
     return value("nv_inference_count"), value("nv_inference_exec_count")
+
+
+@pytest.fixture(scope="module")
+def batch_padded_server(tmp_path_factory):
+    """The repository with the tokenizer set up for a fixed-shape (GPU) encoder."""
+    import shutil
+
+    from tests.conftest import REPOSITORY, Server
+
+    repository = tmp_path_factory.mktemp("batch-padding") / "model_repository"
+    shutil.copytree(REPOSITORY, repository)
+    config = repository / "tokenizer" / "config.pbtxt"
+    text = config.read_text()
+    text = text.replace('"padding", value: { string_value: "request" }', '"padding", value: { string_value: "batch" }')
+    text = text.replace('"pad_to_multiple_of", value: { string_value: "1" }', '"pad_to_multiple_of", value: { string_value: "8" }')
+    config.write_text(text)
+    srv = Server(repository, repository.parent / "server.log")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_batch_padding_for_fixed_shape_encoders(batch_padded_server, reference_encode, vocab_size):
+    c = triton.client("grpc", batch_padded_server)
+    ids = triton.PROTOCOLS["grpc"].InferRequestedOutput("input_ids")
+    result = c.infer("tokenizer", [triton.text_input("grpc", ["a", "what is the capital city of france"])], outputs=[ids])
+    assert result.as_numpy("input_ids").shape == (2, 16)  # 9 tokens, rounded up to a multiple of 8
+    out = triton.encode("grpc", c, VARIED_TEXTS, outputs=("indices", "values"))
+    got = triton.densify(out["indices"], out["values"], vocab_size)
+    expected = reference_encode(VARIED_TEXTS)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+    np.testing.assert_array_equal(got > 0, expected > 0)
