@@ -40,37 +40,73 @@ INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "pooled_logits"
 
 
-def fused_module(mlm):
+def fused_module(mlm, pooled: bool = True):
+    """The graph's module: pooled logits [batch, vocab], or (pooled=False, for
+    the benchmark's unfused baseline) the raw logits [batch, seq, vocab].
+
+    Two exact rewrites keep the pooled graph lean, since the [batch, seq, vocab]
+    logits dominate its cost:
+    - padding is masked on the decoder's *input*: each padded position takes
+      the hidden state of the text's first token, a real one, so it repeats a
+      logit row that is already there and cannot change the max. The
+      [batch, seq, hidden] select replaces a [batch, seq, vocab] one;
+    - the decoder bias is the same for every token, so it is added after the
+      max, to [batch, vocab], instead of to every token's logits.
+    The validation below checks the result against the literal formula.
+    """
     import torch
 
-    class FusedSpladeMaxPool(torch.nn.Module):
-        """MLM logits, padding masked to the dtype's minimum, max over tokens."""
+    decoder = mlm.get_output_embeddings()
+    if not isinstance(decoder, torch.nn.Linear):
+        raise SystemExit(f"unsupported MLM head: output embeddings are {type(decoder).__name__}, not Linear")
 
+    class FusedSpladeMaxPool(torch.nn.Module):
         def __init__(self, mlm):
             super().__init__()
             self.mlm = mlm
 
         def forward(self, input_ids, attention_mask):
-            logits = self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
-            padding = (attention_mask == 0).unsqueeze(-1)
-            return logits.masked_fill(padding, torch.finfo(logits.dtype).min).amax(dim=1)
+            if not pooled:
+                return self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
+            # With the decoder made an identity (see _without_decoder), the
+            # "logits" are the head's hidden states right before it.
+            hidden = self.mlm(input_ids=input_ids, attention_mask=attention_mask).logits
+            hidden = torch.where(attention_mask.unsqueeze(-1) != 0, hidden, hidden[:, :1])
+            pooled_logits = torch.matmul(hidden, decoder.weight.t()).amax(dim=1)
+            return pooled_logits + decoder.bias if decoder.bias is not None else pooled_logits
 
     return FusedSpladeMaxPool(mlm).eval()
 
 
-def export(mlm, path: Path, opset: int) -> None:
+class _without_decoder:
+    """Make the MLM head's decoder an identity while the graph is traced."""
+
+    def __init__(self, mlm, active: bool):
+        self.decoder = mlm.get_output_embeddings()
+        self.active = active
+
+    def __enter__(self):
+        if self.active:
+            self.decoder.forward = lambda x: x
+
+    def __exit__(self, *exc):
+        if self.active:
+            del self.decoder.forward
+
+
+def export(mlm, path: Path, opset: int, pooled: bool = True) -> None:
     import torch
 
-    module = fused_module(mlm)
+    module = fused_module(mlm, pooled)
     example = (torch.ones(2, 16, dtype=torch.int64), torch.ones(2, 16, dtype=torch.int64))
     batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("seq", min=1)
-    with torch.inference_mode():
+    with torch.inference_mode(), _without_decoder(mlm, pooled):
         program = torch.onnx.export(
             module,
             example,
             dynamo=True,
             input_names=list(INPUTS),
-            output_names=[OUTPUT],
+            output_names=[OUTPUT if pooled else "logits"],
             opset_version=opset,
             dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
             optimize=True,
