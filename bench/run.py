@@ -258,7 +258,9 @@ class Served:
                 "executions": m["execution_count"],
                 "requests": s["success"]["count"],
                 "queue_ns": s["queue"]["ns"],
-                "compute_ns": s["compute_input"]["ns"] + s["compute_infer"]["ns"] + s["compute_output"]["ns"],
+                "input_ns": s["compute_input"]["ns"],
+                "infer_ns": s["compute_infer"]["ns"],
+                "output_ns": s["compute_output"]["ns"],
             }
         return out
 
@@ -269,7 +271,8 @@ class Served:
 
 
 def stage_figures(before: dict, after: dict) -> dict:
-    """Per model: texts per execution, mean queue and compute time per request (ms)."""
+    """Per model: texts per execution; per request, mean queue time and the mean
+    duration of the execution that served it (Triton counts compute per request)."""
     out = {}
     for name in ("tokenizer", "encoder", "sparsify", "splade"):
         d = {k: after[name][k] - before[name][k] for k in after[name]}
@@ -278,7 +281,8 @@ def stage_figures(before: dict, after: dict) -> dict:
         out[name] = {
             "texts_per_execution": round(d["inferences"] / max(d["executions"], 1), 1),
             "queue_ms": round(d["queue_ns"] / d["requests"] / 1e6, 3),
-            "compute_ms_per_execution": round(d["compute_ns"] / max(d["executions"], 1) / 1e6, 3),
+            # Triton's compute_input / compute_infer / compute_output.
+            "compute_ms": [round(d[k] / d["requests"] / 1e6, 3) for k in ("input_ns", "infer_ns", "output_ns")],
         }
     return out
 
@@ -337,11 +341,17 @@ def main(argv=None) -> None:
     parser.add_argument("--models", default="splade-tiny,bert-base-random")
     parser.add_argument("--threads", type=int, default=2, help="thread budget of the in-process baselines")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
-    parser.add_argument("--skip-in-process", action="store_true")
+    parser.add_argument("--skip-in-process", action="store_true", help="only the served figures")
+    parser.add_argument("--repository", type=Path, help="serve this repository for SPLADE-tiny (tuning variants)")
+    parser.add_argument("--workloads", default="queries,passages")
+    parser.add_argument("--protocols", default="grpc,http")
+    parser.add_argument("--concurrency", default="1,16,64", help="perf_analyzer concurrency sweep")
     args = parser.parse_args(argv)
     models = ["splade-tiny"] if args.quick else args.models.split(",")
     counts = {"queries": 16, "passages": 8} if args.quick else None
-    sweep = [1, 4] if args.quick else [1, 16, 64]
+    sweep = [1, 4] if args.quick else [int(c) for c in args.concurrency.split(",")]
+    if args.quick:
+        args.out = BUILD
     interval = 500 if args.quick else 4000
     repeat = 1 if args.quick else 3
 
@@ -359,7 +369,8 @@ def main(argv=None) -> None:
 
     for name in models:
         model_dir = ROOT / "models" / "splade-tiny" if name == "splade-tiny" else prepare_bert_base(BUILD / name / "model")
-        model = {"dir": model_dir, "repository": prepare_repository(name, model_dir), "unfused": unfused_onnx(name, model_dir)}
+        repository = args.repository if args.repository and name == "splade-tiny" else prepare_repository(name, model_dir)
+        model = {"dir": model_dir, "repository": repository, "unfused": unfused_onnx(name, model_dir)}
         config = AutoConfig.from_pretrained(model_dir)
         tokenizer = Tokenizer.from_file(str(model["repository"] / "tokenizer" / "1" / "tokenizer.json"))
         small = name == "splade-tiny"
@@ -367,7 +378,7 @@ def main(argv=None) -> None:
         entry = report["models"][name] = {}
         served = Served(model["repository"], BUILD / f"{name}-server.log")
         try:
-            for kind in ("queries", "passages"):
+            for kind in args.workloads.split(","):
                 texts = workloads.make(tokenizer, kind, n[kind])
                 tokens = workloads.mean_tokens(tokenizer, texts)
                 gflop = flops.flops_per_text(config, round(tokens)) / 1e9
@@ -376,7 +387,7 @@ def main(argv=None) -> None:
                 w = entry[kind] = {"texts": len(texts), "mean_tokens": round(tokens, 1), "gflop_per_text": round(gflop, 3)}
                 print(f"[{name} {kind}] {len(texts)} texts, {tokens:.1f} tokens, {gflop:.2f} GFLOP each", flush=True)
                 w["served"] = {}
-                for protocol in ("grpc", "http"):
+                for protocol in args.protocols.split(","):
                     for c in sweep:
                         r = run_perf_analyzer(pa, served, protocol, data, c, interval)
                         r["gflops"] = round(r["texts_per_s"] * gflop, 1)
@@ -392,8 +403,10 @@ def main(argv=None) -> None:
 
     report["peak_gflops"] = peak
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / ("benchmarks-quick.json" if args.quick else "benchmarks.json")).write_text(json.dumps(report, indent=2) + "\n")
-    if not args.quick:
+    name = "benchmarks-quick.json" if args.quick else "benchmarks.json"
+    (args.out / name).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out / name}")
+    if not args.quick and not args.repository:
         from bench import report as render
 
         render.write(report, args.out)
