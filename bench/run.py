@@ -217,6 +217,18 @@ def in_process(model: dict, texts: list[str], threads: int, repeat: int, batch_s
     return results
 
 
+def int8_figures(name: str, model: dict, texts: list[str], threads: int, repeat: int, batch_size: int) -> dict:
+    from tokenizers import Tokenizer
+
+    from bench import int8
+
+    tokenizer = Tokenizer.from_file(str(model["repository"] / "tokenizer" / "1" / "tokenizer.json"))
+    tokenizer.enable_truncation(512)
+    fp32 = model["repository"] / "encoder" / "1" / "model.onnx"
+    quantized = int8.quantize(fp32, BUILD / name / "model.int8.onnx")
+    return int8.compare(fp32, quantized, batches(tokenizer, texts, batch_size, True), len(texts), threads, repeat)
+
+
 # --------------------------------------------------------------------------- served
 
 
@@ -398,6 +410,8 @@ def main(argv=None) -> None:
                     bs = [1, 8, 32] if kind == "queries" else [4, 16]
                     w["in_process"] = {k: round(v, 1) for k, v in in_process(model, texts, args.threads, repeat, bs).items()}
                     print(f"  in process: {w['in_process']}", flush=True)
+                    w["int8"] = int8_figures(name, model, texts, args.threads, repeat, max(bs))
+                    print(f"  int8: {w['int8']}", flush=True)
         finally:
             served.stop()
 
