@@ -173,10 +173,7 @@ def best_rate(fn, count: int, repeat: int) -> float:
 
 
 def in_process(model: dict, texts: list[str], threads: int, repeat: int, batch_sizes: list[int]) -> dict:
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(model["repository"] / "tokenizer" / "1" / "tokenizer.json"))
-    tokenizer.enable_truncation(512)
+    tokenizer = workloads.load_tokenizer(model["repository"] / "tokenizer" / "1" / "tokenizer.json")
     results = {}
 
     fused = ort_session(model["repository"] / "encoder" / "1" / "model.onnx", threads)
@@ -218,12 +215,9 @@ def in_process(model: dict, texts: list[str], threads: int, repeat: int, batch_s
 
 
 def int8_figures(name: str, model: dict, texts: list[str], threads: int, repeat: int, batch_size: int) -> dict:
-    from tokenizers import Tokenizer
-
     from bench import int8
 
-    tokenizer = Tokenizer.from_file(str(model["repository"] / "tokenizer" / "1" / "tokenizer.json"))
-    tokenizer.enable_truncation(512)
+    tokenizer = workloads.load_tokenizer(model["repository"] / "tokenizer" / "1" / "tokenizer.json")
     fp32 = model["repository"] / "encoder" / "1" / "model.onnx"
     quantized = int8.quantize(fp32, BUILD / name / "model.int8.onnx")
     return int8.compare(fp32, quantized, batches(tokenizer, texts, batch_size, True), len(texts), threads, repeat)
@@ -376,7 +370,6 @@ def main(argv=None) -> None:
     peak = max(report["machine"]["gemm_gflops"].values())
     print(f"fp32 GEMM peak: {report['machine']['gemm_gflops']}", flush=True)
 
-    from tokenizers import Tokenizer
     from transformers import AutoConfig
 
     for name in models:
@@ -384,7 +377,7 @@ def main(argv=None) -> None:
         repository = args.repository if args.repository and name == "splade-tiny" else prepare_repository(name, model_dir)
         model = {"dir": model_dir, "repository": repository, "unfused": unfused_onnx(name, model_dir)}
         config = AutoConfig.from_pretrained(model_dir)
-        tokenizer = Tokenizer.from_file(str(model["repository"] / "tokenizer" / "1" / "tokenizer.json"))
+        tokenizer = workloads.load_tokenizer(model["repository"] / "tokenizer" / "1" / "tokenizer.json")
         small = name == "splade-tiny"
         n = counts or {"queries": 512 if small else 128, "passages": 256 if small else 48}
         entry = report["models"][name] = {}

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from splade_triton.batching import plan_chunks
+from splade_triton.encoding import RaggedEncoder
 from splade_triton.params import Param, read_model_parameters
 
 _LEVELS = {
@@ -46,46 +45,29 @@ class TritonPythonModel:
         names = {i.name for i in self.session.get_inputs()}
         if names != {"input_ids", "attention_mask"}:
             raise ValueError(f"{path} takes inputs {sorted(names)}; expected input_ids, attention_mask")
-        self.vocab_size = self.session.get_outputs()[0].shape[-1]
+        self.encoder = RaggedEncoder(self.session, s["max_batch_tokens"])
 
     def _read(self, request):
         ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
         mask = pb_utils.get_input_tensor_by_name(request, "attention_mask").as_numpy()
         if ids.ndim != 2 or ids.shape != mask.shape:
             return None, f"input_ids {ids.shape} and attention_mask {mask.shape} must be the same 2-D shape"
-        mask = mask.astype(bool, copy=False)
         if not mask.any(axis=1).all():
             return None, "every text needs at least one token with attention_mask 1"
-        # Strip each row's padding; rows regroup by length across requests below.
-        return [row[keep] for row, keep in zip(ids, mask)], None
+        return (ids, mask), None
 
     def execute(self, requests):
-        rows, counts, errors = [], [], {}
+        inputs, errors = [], {}
         for r, request in enumerate(requests):
-            request_rows, error = self._read(request)
+            batch, error = self._read(request)
             if error:
-                errors[r] = error
-                request_rows = []
-            counts.append(len(request_rows))
-            rows.extend(request_rows)
-
-        pooled = np.empty((len(rows), self.vocab_size), dtype=np.float32)
-        lengths = [row.size for row in rows]
-        for chunk in plan_chunks(lengths, self.settings["max_batch_tokens"]):
-            width = max(lengths[i] for i in chunk)
-            ids = np.zeros((chunk.size, width), dtype=np.int64)
-            mask = np.zeros((chunk.size, width), dtype=np.int64)
-            for j, i in enumerate(chunk):
-                ids[j, : lengths[i]] = rows[i]
-                mask[j, : lengths[i]] = 1
-            pooled[chunk] = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-
-        responses, start = [], 0
-        for r, count in enumerate(counts):
-            if r in errors:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(errors[r], pb_utils.TritonError.INVALID_ARG)))
-                continue
-            out = pooled[start : start + count]
-            start += count
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("pooled_logits", out)]))
-        return responses
+                errors[r] = pb_utils.TritonError(error, pb_utils.TritonError.INVALID_ARG)
+            else:
+                inputs.append(batch)
+        pooled = iter(self.encoder.encode(inputs))
+        return [
+            pb_utils.InferenceResponse(error=errors[r])
+            if r in errors
+            else pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("pooled_logits", next(pooled))])
+            for r in range(len(requests))
+        ]
