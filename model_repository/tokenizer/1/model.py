@@ -14,6 +14,7 @@ from splade_triton.params import Param, RequestOptions, parse_request_options, r
 PARAMETERS = {
     "max_length": Param(int, 512, lambda v: v >= 2, "an integer >= 2"),
     "max_text_bytes": Param(int, 65536, lambda v: v >= 1, "an integer >= 1"),
+    "max_request_bytes": Param(int, 1048576, lambda v: v >= 1, "an integer >= 1"),
     "padding": Param(str, "request", lambda v: v in ("request", "batch"), "'request' or 'batch'"),
     "pad_to_multiple_of": Param(int, 1, lambda v: v >= 1, "an integer >= 1"),
 }
@@ -44,10 +45,15 @@ class TritonPythonModel:
         except ValueError as e:
             return None, str(e)
         raw = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)
+        items = [item if isinstance(item, bytes) else str(item).encode() for item in raw]
+        total, request_limit = sum(len(data) for data in items), self.settings["max_request_bytes"]
+        if total > request_limit:
+            return None, (
+                f"the request's texts are {total} bytes in total; the limit is {request_limit} bytes (max_request_bytes)"
+            )
         limit = self.settings["max_text_bytes"]
         texts = []
-        for i, item in enumerate(raw):
-            data = item if isinstance(item, bytes) else str(item).encode()
+        for i, data in enumerate(items):
             if len(data) > limit:
                 return None, f"text {i} is {len(data)} bytes; the limit is {limit} bytes (max_text_bytes)"
             try:
