@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import secrets
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -12,7 +16,7 @@ import numpy as np
 import pytest
 
 from splade_triton import reference
-from splade_triton.server import ServerOptions, command, environment
+from splade_triton.server import ADMIN_KEY_ENV, ServerOptions, stub_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = ROOT / "model_repository"
@@ -26,19 +30,35 @@ def free_port() -> int:
 
 
 class Server:
-    """A tritonserver process serving a model repository on 127.0.0.1."""
+    """The launcher (``python -m splade_triton.server``) serving a repository on 127.0.0.1.
 
-    def __init__(self, repository: Path, log_path: Path, extra_args: tuple[str, ...] = ()):
+    ``process`` is the launcher; tritonserver runs as its child, beside the
+    launcher's stub supervisor. ``admin_key`` opens the restricted APIs.
+    """
+
+    def __init__(self, repository: Path, log_path: Path, extra_args: tuple[str, ...] = (),
+                 launcher_args: tuple[str, ...] = ()):
+        self.admin_key = secrets.token_urlsafe(16)
         self.options = ServerOptions(
             model_repository=str(repository),
             http_port=free_port(),
             grpc_port=free_port(),
             metrics_port=free_port(),
+            admin_key=self.admin_key,
             extra_args=extra_args,
         )
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(command(self.options), env=environment(), stdout=self._log, stderr=subprocess.STDOUT)
+        args = [
+            sys.executable, "-m", "splade_triton.server",
+            "--model-repository", str(repository),
+            "--http-port", str(self.options.http_port),
+            "--grpc-port", str(self.options.grpc_port),
+            "--metrics-port", str(self.options.metrics_port),
+            *launcher_args, "--", *extra_args,
+        ]
+        env = {**os.environ, ADMIN_KEY_ENV: self.admin_key}
+        self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     @property
     def http_url(self) -> str:
@@ -72,7 +92,23 @@ class Server:
             time.sleep(0.25)
         raise RuntimeError(f"tritonserver not ready after {timeout} s:\n{self.log()[-4000:]}")
 
-    def stop(self, timeout: float = 60.0) -> int:
+    def tritonserver_pid(self) -> int:
+        """The launcher's tritonserver child."""
+        for tid in os.listdir(f"/proc/{self.process.pid}/task"):
+            with open(f"/proc/{self.process.pid}/task/{tid}/children") as f:
+                for child in f.read().split():
+                    if os.readlink(f"/proc/{child}/exe").endswith("/tritonserver"):
+                        return int(child)
+        raise RuntimeError("the launcher has no tritonserver child")
+
+    def stubs(self):
+        """The live Python-backend stub processes (splade_triton.server.StubProcess)."""
+        return stub_processes(self.tritonserver_pid())
+
+    def send_signal(self, signum: int = signal.SIGTERM) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 90.0) -> int:
         if self.process.poll() is None:
             self.process.terminate()
             try:
