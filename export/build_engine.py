@@ -1,0 +1,311 @@
+#!/usr/bin/env python3
+"""Compile the fused SPLADE ONNX graph to a TensorRT plan for this GPU.
+
+The optimization profile comes from the GPU repository's own settings
+(splade_triton/shapes.py): batch 1..the encoder's max_batch_size, sequence
+1..the tokenizer's max_length, opt at a full batch of 128-token texts (why:
+engine_profile's docstring, docs/gpu.md). FP16 by default, with LayerNorm,
+softmax, the attention-mask bias and the pooling tail (max over tokens, bias)
+kept in FP32; ``--precision fp32`` for a full-FP32 engine (TF32 off unless
+``--tf32``). A timing cache beside the plan makes rebuilds fast.
+
+Writes ``<output>`` and ``<output>.json``, the provenance: TensorRT version,
+GPU name and compute capability, profile, precision, the ONNX file's hash.
+A plan runs only on the TensorRT release and GPU family that built it;
+``python -m splade_triton.engine check`` refuses any other.
+
+Needs the ``tensorrt`` Python package and a CUDA GPU (the GPU image has
+both); without them it exits at once, status 3, with one line saying what
+is missing. ``--dry-run`` needs neither: it prints the profile and the
+layers an FP16 build would keep in FP32, read from the ONNX graph.
+
+    python export/build_engine.py                       # build/engine/model.plan
+    python export/build_engine.py --precision fp32 --output build/engine-fp32/model.plan
+    python export/build_engine.py --dry-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from splade_triton.engine import (  # noqa: E402
+    DEFAULT_FP32_GROUPS,
+    EXIT_UNAVAILABLE,
+    FP32_GROUPS,
+    PROVENANCE_FORMAT,
+    Layer,
+    Unavailable,
+    file_sha256,
+    layers_from_onnx,
+    missing_message,
+    probe_gpu,
+    provenance_path,
+    select_fp32_layers,
+)
+from splade_triton.repository import GPU_OVERLAY, SOURCE, model_configs  # noqa: E402
+from splade_triton.shapes import ENCODER_INPUTS, Shapes, engine_profile  # noqa: E402
+
+OUTPUT = "pooled_logits"
+
+
+class BuildError(Exception):
+    pass
+
+
+def _requirements():
+    """(tensorrt module, GPU info), or exit with one line naming what is missing."""
+    problems, trt, gpu = [], None, None
+    try:
+        import tensorrt as trt
+    except Exception as e:  # ImportError, or OSError when its libraries are missing
+        problems.append(f"TensorRT is not installed (import tensorrt: {str(e).splitlines()[0] if str(e) else type(e).__name__})")
+    try:
+        gpu = probe_gpu(0)
+    except Unavailable as e:
+        problems.append(str(e))
+    if problems:
+        print(missing_message("build_engine", problems), file=sys.stderr)
+        sys.exit(EXIT_UNAVAILABLE)
+    return trt, gpu
+
+
+def _layer_kinds(trt) -> dict:
+    names = {
+        "NORMALIZATION": "normalization",
+        "SOFTMAX": "softmax",
+        "MATRIX_MULTIPLY": "matmul",
+        "REDUCE": "reduce",
+        "CONSTANT": "constant",
+        "ELEMENTWISE": "elementwise",
+        "SELECT": "select",
+    }
+    return {getattr(trt.LayerType, k): v for k, v in names.items() if hasattr(trt.LayerType, k)}
+
+
+def _constant_absmax(trt, layer) -> float | None:
+    import numpy as np
+
+    layer.__class__ = trt.IConstantLayer  # the Python API hands out the ILayer base
+    weights = layer.weights
+    array = weights.numpy() if hasattr(weights, "numpy") else np.asarray(weights)
+    if array.dtype.kind != "f" or array.size == 0:
+        return None
+    return float(np.abs(array).max())
+
+
+def network_layers(trt, network) -> tuple[list[Layer], list[str], dict]:
+    """The parsed network as the pure ``Layer`` graph, its outputs, and name -> ILayer index."""
+    kinds = _layer_kinds(trt)
+    floats = {trt.float32, trt.float16}
+    layers, index = [], {}
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        kind = kinds.get(layer.type, "other")
+        name = layer.name if layer.name not in index else f"{layer.name}#{i}"
+        inputs = tuple(t.name for t in (layer.get_input(j) for j in range(layer.num_inputs)) if t is not None)
+        outs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        absmax = _constant_absmax(trt, layer) if kind == "constant" else None
+        layers.append(Layer(name, kind, inputs, tuple(t.name for t in outs), tuple(t.dtype in floats for t in outs), absmax))
+        index[name] = i
+    outputs = [network.get_output(i).name for i in range(network.num_outputs)]
+    return layers, outputs, index
+
+
+def pin_fp32(trt, network, selection, index) -> None:
+    """Apply the selection: FP32 compute and outputs; FP32 outputs only for ``output_only``."""
+    floats = {trt.float32, trt.float16}
+    for name in selection.compute():
+        layer = network.get_layer(index[name])
+        if layer.type != trt.LayerType.CONSTANT:  # a constant has no computation, only its output type
+            layer.precision = trt.float32
+        if layer.type == trt.LayerType.NORMALIZATION:
+            layer.__class__ = trt.INormalizationLayer  # to reach its accumulation precision
+            layer.compute_precision = trt.float32
+        for j in range(layer.num_outputs):
+            if layer.get_output(j).dtype in floats:
+                layer.set_output_type(j, trt.float32)
+    for name in selection.output_only:
+        layer = network.get_layer(index[name])
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, trt.float32)
+
+
+def _parser_error(error) -> str:
+    if hasattr(error, "desc"):
+        return f"node {error.node()}: {error.desc()}"
+    return str(error)
+
+
+def _check_io(network) -> None:
+    inputs = [network.get_input(i).name for i in range(network.num_inputs)]
+    outputs = [network.get_output(i).name for i in range(network.num_outputs)]
+    if sorted(inputs) != sorted(ENCODER_INPUTS) or outputs != [OUTPUT]:
+        raise BuildError(f"unexpected graph signature: inputs {inputs}, outputs {outputs}; "
+                         f"expected {list(ENCODER_INPUTS)} -> [{OUTPUT!r}] (export/export_onnx.py)")
+
+
+def build(trt, args, profile, gpu) -> dict:
+    """Build, write the plan and its timing cache; return the provenance."""
+    started = time.time()
+    logger = trt.Logger(trt.Logger.VERBOSE if args.verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch: the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(args.onnx)):
+        errors = "; ".join(_parser_error(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BuildError(f"TensorRT could not parse {args.onnx}: {errors}")
+    _check_io(network)
+
+    config = builder.create_builder_config()
+    if args.workspace_gib:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(args.workspace_gib * 2**30))
+    config.builder_optimization_level = args.optimization_level
+    trt_profile = builder.create_optimization_profile()
+    for name in ENCODER_INPUTS:
+        trt_profile.set_shape(name, profile.min, profile.opt, profile.max)
+    config.add_optimization_profile(trt_profile)
+    if not args.tf32:
+        # TF32 rounds FP32 products to 10-bit mantissas, FP16's: an "FP32"
+        # engine (and the FP32-pinned projection) would not be one.
+        config.clear_flag(trt.BuilderFlag.TF32)
+
+    groups = [g for g in args.fp32.split(",") if g]
+    selection = None
+    if args.precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+        # Obey, not prefer: a layer we pin to FP32 never silently runs in FP16.
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        layers, outputs, index = network_layers(trt, network)
+        selection = select_fp32_layers(layers, outputs, groups)
+        pin_fp32(trt, network, selection, index)
+        print(f"FP32 layers in the FP16 engine: {json.dumps(selection.summary())}")
+
+    cache_path = args.timing_cache or args.output.parent / f"timing-trt{trt.__version__}-sm{gpu['compute_capability']}.cache"
+    cache_bytes = cache_path.read_bytes() if cache_path.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    cache_loaded = bool(cache_bytes)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        print(f"warning: timing cache {cache_path} does not match this TensorRT / GPU; starting an empty one", file=sys.stderr)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+        cache_loaded = False
+
+    print(f"building a {args.precision} engine for {gpu['name']} (sm {gpu['compute_capability']}), "
+          f"profile min {profile.min} opt {profile.opt} max {profile.max} ...", flush=True)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BuildError("TensorRT failed to build the engine (its messages are above)")
+    plan_bytes = bytes(memoryview(serialized))
+
+    engine = trt.Runtime(logger).deserialize_cuda_engine(plan_bytes)
+    if engine is None:
+        raise BuildError("the built engine does not deserialize")
+    io, engine_profiles = {}, {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        io[name] = str(engine.get_tensor_dtype(name)).rsplit(".", 1)[-1]
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+            shapes = engine.get_tensor_profile_shape(name, 0)
+            engine_profiles[name] = {k: list(s) for k, s in zip(("min", "opt", "max"), shapes)}
+    # Triton's config declares INT64 inputs and an FP32 output (as on CPU).
+    if io != {"input_ids": "INT64", "attention_mask": "INT64", OUTPUT: "FLOAT"}:
+        raise BuildError(f"engine I/O types {io} differ from the encoder config's INT64 inputs and FP32 output")
+
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    partial = args.output.with_suffix(".partial")
+    partial.write_bytes(plan_bytes)
+    os.replace(partial, args.output)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    cache_path.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+
+    memory = getattr(engine, "device_memory_size_v2", None) or getattr(engine, "device_memory_size", None)
+    return {
+        "format": PROVENANCE_FORMAT,
+        "tensorrt_version": trt.__version__,
+        "gpu": gpu,
+        "onnx_file": args.onnx.name,
+        "onnx_sha256": file_sha256(args.onnx),
+        "profile": profile.as_dict(),
+        "engine_profile": engine_profiles,
+        "precision": args.precision,
+        "fp32_groups": sorted(groups) if args.precision == "fp16" else [],
+        "fp32_layers": selection.summary() if selection else {},
+        "tf32": bool(args.tf32),
+        "io": io,
+        "device_memory_bytes": int(memory) if memory else None,
+        "plan_bytes": len(plan_bytes),
+        "builder": {
+            "optimization_level": args.optimization_level,
+            "workspace_gib": args.workspace_gib,
+            "timing_cache": cache_path.name,
+            "timing_cache_loaded": cache_loaded,
+        },
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(time.time() - started, 1),
+    }
+
+
+def dry_run(args, shapes: Shapes, profile) -> None:
+    import onnx
+
+    layers, outputs = layers_from_onnx(onnx.load(str(args.onnx), load_external_data=False))
+    groups = [g for g in args.fp32.split(",") if g]
+    selection = select_fp32_layers(layers, outputs, groups) if args.precision == "fp16" else None
+    print(json.dumps({
+        "settings": asdict(shapes),
+        "tokenizer_buckets": shapes.buckets(),
+        "profile": profile.as_dict(),
+        "precision": args.precision,
+        "fp32_layers": selection.groups if selection else {},
+        "fp32_output_only": selection.output_only if selection else [],
+    }, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--onnx", type=Path, default=SOURCE / "encoder" / "1" / "model.onnx")
+    parser.add_argument("--output", type=Path, default=ROOT / "build" / "engine" / "model.plan")
+    parser.add_argument("--repository", type=Path, default=SOURCE, help="source model repository (settings)")
+    parser.add_argument("--overlay", type=Path, default=GPU_OVERLAY, help="GPU overlay (settings)")
+    parser.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
+    parser.add_argument("--fp32", default=",".join(DEFAULT_FP32_GROUPS),
+                        help=f"layer groups an FP16 engine keeps in FP32, comma-separated, from {', '.join(FP32_GROUPS)}; '' for none")
+    parser.add_argument("--opt-batch", type=int, default=None, help="profile opt batch (default: max_batch_size)")
+    parser.add_argument("--opt-seq", type=int, default=None, help="profile opt sequence length (default: 128)")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 in FP32 layers (faster, 10-bit mantissa products)")
+    parser.add_argument("--workspace-gib", type=float, default=None, help="builder workspace limit (default: TensorRT's)")
+    parser.add_argument("--optimization-level", type=int, default=3, help="TensorRT builder optimization level 0-5")
+    parser.add_argument("--timing-cache", type=Path, default=None, help="default: beside the plan, per TensorRT and GPU")
+    parser.add_argument("--dry-run", action="store_true", help="print profile and FP32 layers from the ONNX graph; no TensorRT")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+
+    trt, gpu = (None, None) if args.dry_run else _requirements()
+    try:
+        shapes = Shapes.from_configs(model_configs(args.repository, "gpu", args.overlay))
+        profile = engine_profile(shapes, args.opt_batch, args.opt_seq)
+        if not args.onnx.is_file():
+            raise BuildError(f"ONNX model not found: {args.onnx} (export it with export/export_onnx.py)")
+        if args.dry_run:
+            dry_run(args, shapes, profile)
+            return
+        provenance = build(trt, args, profile, gpu)
+    except (BuildError, ValueError) as e:
+        raise SystemExit(f"build_engine: {e}") from None
+    provenance["settings"] = asdict(shapes)
+    provenance_path(args.output).write_text(json.dumps(provenance, indent=2) + "\n")
+    print(f"wrote {args.output} ({provenance['plan_bytes'] / 2**20:.1f} MiB) and {provenance_path(args.output).name} "
+          f"in {provenance['build_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+#!/usr/bin/env python3
+"""Validate a TensorRT plan against ONNX Runtime FP32 on a few hundred texts.
+
+Both run the same padded batches (lengths rounded up like the GPU tokenizer,
+mixed lengths in each batch, so the padding mask is exercised); the SPLADE
+weights log1p(relu(.)) of each text are compared:
+
+- max and mean absolute difference;
+- recall of each text's top-50 terms (of the reference's 50 largest, the
+  share also among the engine's 50 largest), pooled over all texts.
+
+Fails (status 1) when the recall is below ``--min-recall`` (0.99), or, for an
+FP32 plan, when the max abs difference exceeds ``--fp32-tolerance``.
+``--record`` adds the figures to the plan's provenance JSON.
+
+Needs TensorRT, a CUDA GPU and the CUDA runtime library (the GPU image has
+them); without them it exits at once, status 3, with one line.
+
+    python export/validate_engine.py --plan build/engine/model.plan
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import glob
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from splade_triton.engine import EXIT_UNAVAILABLE, Unavailable, missing_message, probe_gpu, provenance_path  # noqa: E402
+from splade_triton.numerics import compare_weights, validation_texts  # noqa: E402
+from splade_triton.repository import GPU_OVERLAY, SOURCE, model_configs  # noqa: E402
+from splade_triton.shapes import Shapes  # noqa: E402
+from splade_triton.splade import activate  # noqa: E402
+
+OUTPUT = "pooled_logits"
+_H2D, _D2H = 1, 2
+
+
+class CudaRuntime:
+    """The few CUDA runtime calls needed to feed an engine, through ctypes
+    (no torch, pycuda or cuda-python in the image)."""
+
+    def __init__(self):
+        candidates = ["libcudart.so.12", "libcudart.so.13", "libcudart.so"]
+        candidates += sorted(glob.glob(str(Path(sys.prefix) / "lib" / "python3*" / "site-packages" / "nvidia" / "cuda_runtime" / "lib" / "libcudart.so*")))
+        for name in candidates:
+            try:
+                self.lib = ctypes.CDLL(name)
+                break
+            except OSError:
+                continue
+        else:
+            raise Unavailable("the CUDA runtime library (libcudart.so.12) is not installed")
+        self.lib.cudaGetErrorString.restype = ctypes.c_char_p
+        stream = ctypes.c_void_p()
+        self._call("cudaStreamCreate", ctypes.byref(stream))
+        self.stream = stream.value or 0
+
+    def _call(self, fn: str, *args) -> None:
+        status = getattr(self.lib, fn)(*args)
+        if status != 0:
+            raise RuntimeError(f"{fn} failed: {self.lib.cudaGetErrorString(status).decode()}")
+
+    def malloc(self, nbytes: int) -> int:
+        pointer = ctypes.c_void_p()
+        self._call("cudaMalloc", ctypes.byref(pointer), ctypes.c_size_t(nbytes))
+        return pointer.value
+
+    def to_device(self, pointer: int, array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array)
+        self._call("cudaMemcpy", ctypes.c_void_p(pointer), array.ctypes.data_as(ctypes.c_void_p), ctypes.c_size_t(array.nbytes), _H2D)
+
+    def to_host(self, array: np.ndarray, pointer: int) -> None:
+        self._call("cudaMemcpy", array.ctypes.data_as(ctypes.c_void_p), ctypes.c_void_p(pointer), ctypes.c_size_t(array.nbytes), _D2H)
+
+    def synchronize(self) -> None:
+        self._call("cudaStreamSynchronize", ctypes.c_void_p(self.stream))
+
+
+class Engine:
+    """A deserialized plan run on padded int64 batches."""
+
+    def __init__(self, trt, plan: Path, cuda: CudaRuntime):
+        self.trt, self.cuda = trt, cuda
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(plan.read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"{plan} does not deserialize with TensorRT {trt.__version__} on this GPU")
+        self.context = self.engine.create_execution_context()
+        max_batch, max_seq = self.engine.get_tensor_profile_shape("input_ids", 0)[2]
+        self.vocab = self.engine.get_tensor_shape(OUTPUT)[-1]
+        self.buffers = {
+            "input_ids": cuda.malloc(max_batch * max_seq * 8),
+            "attention_mask": cuda.malloc(max_batch * max_seq * 8),
+            OUTPUT: cuda.malloc(max_batch * self.vocab * 4),
+        }
+        for name, pointer in self.buffers.items():
+            self.context.set_tensor_address(name, pointer)
+
+    def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        for name, array in (("input_ids", ids), ("attention_mask", mask)):
+            self.context.set_input_shape(name, tuple(array.shape))
+            self.cuda.to_device(self.buffers[name], array.astype(np.int64))
+        if not self.context.execute_async_v3(self.cuda.stream):
+            raise RuntimeError(f"engine execution failed for shape {ids.shape}")
+        self.cuda.synchronize()
+        out = np.empty((ids.shape[0], self.vocab), dtype=np.float32)
+        self.cuda.to_host(out, self.buffers[OUTPUT])
+        return out
+
+
+def _requirements():
+    problems, trt = [], None
+    try:
+        import tensorrt as trt
+    except Exception as e:
+        problems.append(f"TensorRT is not installed (import tensorrt: {str(e).splitlines()[0] if str(e) else type(e).__name__})")
+    try:
+        probe_gpu(0)
+    except Unavailable as e:
+        problems.append(str(e))
+    cuda = None
+    if not problems:
+        try:
+            cuda = CudaRuntime()
+        except Unavailable as e:
+            problems.append(str(e))
+    if problems:
+        print(missing_message("validate_engine", problems), file=sys.stderr)
+        sys.exit(EXIT_UNAVAILABLE)
+    return trt, cuda
+
+
+def padded_batches(tokenizer, texts, shapes: Shapes, batch_size: int):
+    """(ids, mask) int64 batches, each padded to its longest text's bucket."""
+    encodings = tokenizer.encode_batch(texts, add_special_tokens=True)
+    for start in range(0, len(encodings), batch_size):
+        chunk = encodings[start : start + batch_size]
+        width = shapes.padded_length(max(len(e.ids) for e in chunk))
+        ids = np.zeros((len(chunk), width), dtype=np.int64)
+        mask = np.zeros((len(chunk), width), dtype=np.int64)
+        for row, enc in enumerate(chunk):
+            ids[row, : len(enc.ids)] = enc.ids
+            mask[row, : len(enc.ids)] = 1
+        yield ids, mask
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plan", type=Path, default=ROOT / "build" / "engine" / "model.plan")
+    parser.add_argument("--onnx", type=Path, default=SOURCE / "encoder" / "1" / "model.onnx")
+    parser.add_argument("--repository", type=Path, default=SOURCE, help="source model repository (tokenizer, settings)")
+    parser.add_argument("--overlay", type=Path, default=GPU_OVERLAY)
+    parser.add_argument("--texts", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--k", type=int, default=50, help="top-k terms whose recall is measured")
+    parser.add_argument("--min-recall", type=float, default=0.99)
+    parser.add_argument("--fp32-tolerance", type=float, default=1e-3, help="max abs difference allowed for an FP32 plan")
+    parser.add_argument("--record", action="store_true", help="add the figures to the plan's provenance JSON")
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args()
+
+    trt, cuda = _requirements()
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    shapes = Shapes.from_configs(model_configs(args.repository, "gpu", args.overlay))
+    provenance_file = provenance_path(args.plan)
+    provenance = json.loads(provenance_file.read_text()) if provenance_file.is_file() else {}
+    precision = provenance.get("precision", "unknown")
+    tokenizer = Tokenizer.from_file(str(args.repository / "tokenizer" / "1" / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=shapes.max_length)
+    texts = validation_texts(args.texts, list(tokenizer.get_vocab()), seed=0)
+    batch_size = min(args.batch_size, shapes.encoder_max_batch_size)
+
+    session = ort.InferenceSession(str(args.onnx), providers=["CPUExecutionProvider"])
+    engine = Engine(trt, args.plan, cuda)
+    reference, candidate, engine_seconds = [], [], 0.0
+    for ids, mask in padded_batches(tokenizer, texts, shapes, batch_size):
+        reference.append(session.run(None, {"input_ids": ids, "attention_mask": mask})[0])
+        started = time.perf_counter()
+        candidate.append(engine.run(ids, mask))
+        engine_seconds += time.perf_counter() - started
+    report = compare_weights(activate(np.concatenate(reference)), activate(np.concatenate(candidate)), args.k)
+    report.update(precision=precision, tensorrt_version=trt.__version__, min_recall_required=args.min_recall,
+                  engine_seconds=round(engine_seconds, 3), batch_size=batch_size)
+    failures = []
+    if report["topk_recall"] < args.min_recall:
+        failures.append(f"top-{args.k} recall {report['topk_recall']:.4f} < {args.min_recall}")
+    if precision == "fp32" and report["max_abs_diff"] > args.fp32_tolerance:
+        failures.append(f"max abs diff {report['max_abs_diff']:.3g} > {args.fp32_tolerance:g} for an FP32 plan")
+    report["passed"] = not failures
+    print(f"validation of {args.plan.name} ({precision}) on {report['texts']} texts vs ONNX Runtime FP32: "
+          f"max abs diff {report['max_abs_diff']:.3g}, mean {report['mean_abs_diff']:.3g}, "
+          f"top-{args.k} recall {report['topk_recall']:.4f} (worst text {report['min_text_recall']:.3f}), "
+          f"non-zero mismatches {report['nonzero_mismatches']}")
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.record and provenance:
+        provenance["validation"] = report
+        provenance_file.write_text(json.dumps(provenance, indent=2) + "\n")
+    if failures:
+        raise SystemExit(f"validate_engine: {args.plan} fails: {'; '.join(failures)}")
+
+
+if __name__ == "__main__":
+    main()

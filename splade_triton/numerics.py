@@ -1,0 +1,106 @@
+"""Fidelity of a reduced-precision encoder against the FP32 reference.
+
+Used by export/validate_engine.py (TensorRT plan vs ONNX Runtime FP32) and
+export/check_gpu_numerics.py (CUDA FP16 through torch / onnxruntime). Pure
+numpy; no GPU needed to import or test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from splade_triton.texts import VARIED_TEXTS
+
+__all__ = ["compare_weights", "top_terms", "validation_texts"]
+
+_QUERY_TEMPLATES = (
+    "what is {0}",
+    "how to {0} {1}",
+    "{0} vs {1}",
+    "best {0} for {1} in {2}",
+    "why does {0} {1}",
+    "{0} {1} definition",
+)
+
+
+def validation_texts(count: int, vocabulary: list[str], seed: int = 0) -> list[str]:
+    """``count`` varied texts, deterministic for a seed.
+
+    The project's hand-written edge cases (scripts, emoji, markup, empty and
+    512+-token texts) first, then query-like texts and passages of 1 to ~600
+    words drawn from the model's own vocabulary, with casing, punctuation and
+    slices of the hand-written texts mixed in, so lengths cover every
+    tokenizer bucket. No data set ships with the project (or is reachable
+    here), so most are not natural prose; they exercise the numerics across
+    lengths, batch padding and vocabulary, which is what a precision check
+    needs.
+    """
+    # Sorted: a tokenizer hands its vocabulary out in no fixed order.
+    words = sorted({w for w in vocabulary if w.isalpha() and not w.startswith("##") and len(w) > 1})
+    if len(words) < 100:
+        raise ValueError("the vocabulary has too few whole words to draw texts from")
+    rng = np.random.default_rng(seed)
+    texts = list(VARIED_TEXTS[:count])
+    while len(texts) < count:
+        kind = len(texts) % 4
+        if kind == 0:
+            picks = rng.choice(words, size=3)
+            texts.append(_QUERY_TEMPLATES[int(rng.integers(len(_QUERY_TEMPLATES)))].format(*picks))
+            continue
+        n_words = int(np.exp(rng.uniform(0.0, np.log(600))))
+        chosen = list(rng.choice(words, size=n_words))
+        if kind == 2:
+            chosen = [w.capitalize() if rng.random() < 0.2 else w for w in chosen]
+            for i in range(0, len(chosen), 12):
+                chosen[i] += "."
+        text = " ".join(chosen)
+        if kind == 3:
+            extra = VARIED_TEXTS[int(rng.integers(len(VARIED_TEXTS)))]
+            text = f"{text} {extra[: int(rng.integers(1, max(2, len(extra))))]}"
+        texts.append(text)
+    return texts
+
+
+def top_terms(weights: np.ndarray, k: int) -> list[np.ndarray]:
+    """Per row, the indices of the ``k`` largest non-zero weights (all if fewer)."""
+    result = []
+    for row in weights:
+        nonzero = np.flatnonzero(row > 0)
+        if nonzero.size > k:
+            nonzero = nonzero[np.argsort(-row[nonzero], kind="stable")[:k]]
+        result.append(nonzero)
+    return result
+
+
+def compare_weights(reference: np.ndarray, candidate: np.ndarray, k: int = 50) -> dict:
+    """How well ``candidate`` SPLADE weights keep ``reference``'s, per text.
+
+    Both are [texts, vocab] weights (after log1p(relu)). Reports the max and
+    mean absolute difference, and the recall of each text's top-``k`` terms:
+    of the reference's top k (its non-zero terms if fewer), the share also in
+    the candidate's top k. ``topk_recall`` pools all texts (terms kept / terms
+    expected); ``min_text_recall`` is the worst text's.
+    """
+    if reference.shape != candidate.shape:
+        raise ValueError(f"shapes differ: {reference.shape} vs {candidate.shape}")
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    expected_total = kept_total = 0
+    recalls = []
+    for ref, cand in zip(top_terms(reference, k), top_terms(candidate, k)):
+        if ref.size == 0:
+            continue
+        kept = np.intersect1d(ref, cand, assume_unique=True).size
+        expected_total += ref.size
+        kept_total += kept
+        recalls.append(kept / ref.size)
+    return {
+        "texts": int(reference.shape[0]),
+        "k": k,
+        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+        "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
+        "topk_recall": kept_total / expected_total if expected_total else 1.0,
+        "min_text_recall": min(recalls) if recalls else 1.0,
+        "texts_below_full_recall": int(sum(r < 1.0 for r in recalls)),
+        "texts_without_terms": int(reference.shape[0] - len(recalls)),
+        "nonzero_mismatches": int(((reference > 0) != (candidate > 0)).sum()),
+    }
