@@ -1,0 +1,500 @@
+"""The GPU path (TensorRT encoder, GPU repository, image) as far as it is checkable without a GPU.
+
+Tests needing TensorRT or a CUDA GPU are at the end; they skip, saying why,
+where those are absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from tritonclient.grpc import model_config_pb2 as mc
+
+from splade_triton import engine
+from splade_triton.engine import (
+    EXIT_UNAVAILABLE,
+    Layer,
+    decode_tensorrt_version,
+    expected_provenance,
+    layers_from_onnx,
+    plan_problems,
+    select_fp32_layers,
+)
+from splade_triton.numerics import compare_weights, top_terms, validation_texts
+from splade_triton.repository import GPU_OVERLAY, assemble, model_configs
+from splade_triton.shapes import Shapes, engine_profile, read_config
+from splade_triton.texts import VARIED_TEXTS
+from tests.conftest import REPOSITORY, ROOT, Server
+
+EXPORT = ROOT / "export"
+DOCKER = ROOT / "docker"
+ONNX = REPOSITORY / "encoder" / "1" / "model.onnx"
+
+
+def io_signature(config) -> dict:
+    return {
+        "inputs": [(i.name, i.data_type, list(i.dims)) for i in config.input],
+        "outputs": [(o.name, o.data_type, list(o.dims)) for o in config.output],
+    }
+
+
+# --- the GPU repository ----------------------------------------------------------
+
+
+def test_cpu_and_gpu_encoders_declare_identical_inputs_outputs_and_dtypes():
+    cpu = read_config(REPOSITORY / "encoder" / "config.pbtxt")
+    gpu = read_config(GPU_OVERLAY / "encoder" / "config.pbtxt")
+    assert io_signature(gpu) == io_signature(cpu)
+    assert [i.data_type for i in gpu.input] == [mc.TYPE_INT64, mc.TYPE_INT64]
+    assert [o.data_type for o in gpu.output] == [mc.TYPE_FP32]
+
+
+def test_gpu_encoder_is_a_batched_tensorrt_plan_on_gpu_instances():
+    gpu = read_config(GPU_OVERLAY / "encoder" / "config.pbtxt")
+    assert gpu.platform == "tensorrt_plan" and not gpu.backend
+    assert gpu.instance_group and all(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in gpu.instance_group)
+    assert gpu.HasField("dynamic_batching") and gpu.dynamic_batching.max_queue_delay_microseconds > 0
+    # An engine takes rectangular batches only; TensorRT needs batch_input for ragged ones.
+    assert not any(i.allow_ragged_batch for i in gpu.input)
+
+
+def test_gpu_repository_shares_everything_but_the_encoder(tmp_path):
+    plan = tmp_path / "engines" / "model.plan"
+    plan.parent.mkdir()
+    plan.write_bytes(b"not a real plan")
+    out = assemble(tmp_path / "gpu", "gpu", plan=plan)
+    assert sorted(p.name for p in out.iterdir()) == ["encoder", "sparsify", "splade", "tokenizer"]
+    assert (out / "encoder" / "1" / "model.plan").resolve() == plan.resolve()
+    assert not (out / "encoder" / "1" / "model.py").exists()
+    for model in ("tokenizer", "sparsify"):
+        assert (out / model / "1" / "model.py").read_bytes() == (REPOSITORY / model / "1" / "model.py").read_bytes()
+    configs = {m: read_config(out / m / "config.pbtxt") for m in ("tokenizer", "encoder", "sparsify", "splade")}
+    assert configs["splade"] == read_config(REPOSITORY / "splade" / "config.pbtxt")
+    assert configs["encoder"].platform == "tensorrt_plan"
+    tokenizer = configs["tokenizer"]
+    assert tokenizer.parameters["padding"].string_value == "batch"
+    # Everything else of the tokenizer's config is the CPU one.
+    cpu_tokenizer = read_config(REPOSITORY / "tokenizer" / "config.pbtxt")
+    for key in ("padding", "pad_to_multiple_of"):
+        del tokenizer.parameters[key], cpu_tokenizer.parameters[key]
+    assert tokenizer == cpu_tokenizer
+
+
+def test_cpu_repository_is_the_source(tmp_path):
+    out = assemble(tmp_path / "cpu", "cpu")
+    for config in REPOSITORY.glob("*/config.pbtxt"):
+        assert (out / config.relative_to(REPOSITORY)).read_text() == config.read_text()
+
+
+def test_queue_delay_is_a_setting(tmp_path):
+    assert model_configs(device="gpu", queue_delay_us=250)["encoder"].dynamic_batching.max_queue_delay_microseconds == 250
+    out = assemble(tmp_path / "gpu", "gpu", queue_delay_us=4000)
+    assert read_config(out / "encoder" / "config.pbtxt").dynamic_batching.max_queue_delay_microseconds == 4000
+    with pytest.raises(ValueError, match="queue delay"):
+        model_configs(device="gpu", queue_delay_us=-1)
+
+
+def test_an_override_may_not_append_inputs(tmp_path):
+    overlay = tmp_path / "overlay"
+    (overlay / "tokenizer").mkdir(parents=True)
+    (overlay / "tokenizer" / "config.override.pbtxt").write_text('input [ { name: "extra" data_type: TYPE_STRING dims: [ 1 ] } ]')
+    with pytest.raises(ValueError, match="cannot be merged"):
+        model_configs(device="gpu", overlay=overlay)
+
+
+# --- the engine profile: one source of truth ----------------------------------------
+
+
+def gpu_shapes() -> Shapes:
+    return Shapes.from_configs(model_configs(device="gpu"))
+
+
+def test_profile_covers_every_tokenizer_bucket_and_the_max_batch_size():
+    shapes = gpu_shapes()
+    profile = engine_profile(shapes)
+    assert shapes.padding == "batch"
+    buckets = shapes.buckets()
+    assert buckets[-1] == shapes.max_length == 512
+    for seq in buckets:
+        for batch in (1, shapes.request_max_batch_size, shapes.encoder_max_batch_size):
+            assert profile.covers(batch, seq), (batch, seq)
+    # Triton forms batches up to the config's max_batch_size: the profile must reach it exactly.
+    assert profile.max == (shapes.encoder_max_batch_size, shapes.max_length)
+    assert profile.min == (1, 1)
+    assert profile.covers(*profile.opt) and profile.opt[1] in buckets
+    # And every length a text can have before padding.
+    assert all(profile.covers(1, n) for n in range(1, shapes.max_length + 1))
+
+
+def test_profile_follows_the_settings(tmp_path):
+    overlay = tmp_path / "overlay"
+    shutil.copytree(GPU_OVERLAY, overlay)
+    text = (overlay / "encoder" / "config.pbtxt").read_text()
+    (overlay / "encoder" / "config.pbtxt").write_text(re.sub(r"max_batch_size: \d+", "max_batch_size: 128", text))
+    override = overlay / "tokenizer" / "config.override.pbtxt"
+    override.write_text(override.read_text().replace('string_value: "32"', 'string_value: "64"'))
+    shapes = Shapes.from_configs(model_configs(device="gpu", overlay=overlay))
+    assert engine_profile(shapes).max == (128, 512)
+    assert shapes.buckets() == list(range(64, 513, 64))
+
+
+@pytest.mark.parametrize("multiple", [48, 100])
+def test_profile_refuses_padding_beyond_max_length(multiple):
+    shapes = Shapes(64, 64, 512, multiple, "batch")
+    with pytest.raises(ValueError, match="does not divide max_length"):
+        engine_profile(shapes)
+
+
+def test_profile_refuses_an_encoder_batch_below_a_request():
+    with pytest.raises(ValueError, match="could never run"):
+        engine_profile(Shapes(32, 64, 512, 32, "batch"))
+    with pytest.raises(ValueError, match="outside"):
+        engine_profile(gpu_shapes(), opt_batch=65)
+
+
+def test_profile_of_the_cpu_settings_covers_all_lengths():
+    shapes = Shapes.from_configs(model_configs(device="cpu"))
+    profile = engine_profile(shapes)
+    assert profile.max == (shapes.encoder_max_batch_size, 512)
+    assert shapes.buckets() == list(range(1, 513))
+
+
+# --- the image's pins ---------------------------------------------------------------
+
+
+def pins(path: Path) -> dict[str, str]:
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, pinned = line.partition("==")
+            assert pinned, f"{path.name}: {line!r} is not pinned with =="
+            found[re.sub(r"\[.*\]", "", name).strip().lower().replace("_", "-")] = pinned.strip()
+    return found
+
+
+def dockerfile_args() -> dict[str, str]:
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", (DOCKER / "Dockerfile").read_text(), re.M))
+
+
+def test_image_python_pins_are_the_projects():
+    project = pins(ROOT / "requirements.txt")
+    image = pins(DOCKER / "requirements.txt")
+    for name in ("numpy", "tokenizers", "onnxruntime", "tritonclient"):
+        assert name in image
+    for name, pinned in image.items():
+        if name in project:
+            assert pinned == project[name], f"{name}: image {pinned}, requirements.txt {project[name]}"
+        else:
+            # A dependency of a pinned package: the version script/setup installed.
+            try:
+                installed = version(name)
+            except PackageNotFoundError:
+                pytest.fail(f"{name} is pinned for the image but is not in the project's environment")
+            assert pinned == installed, f"{name}: image {pinned}, project environment {installed}"
+
+
+def test_image_tensorrt_is_the_base_images_release():
+    args = dockerfile_args()
+    tensorrt = pins(DOCKER / "requirements-tensorrt.txt")
+    assert set(tensorrt.values()) == {args["TENSORRT_VERSION"]}
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    build_args = compose["services"]["splade"]["build"]["args"]
+    assert build_args == {"TRITON_TAG": args["TRITON_TAG"], "TENSORRT_VERSION": args["TENSORRT_VERSION"]}
+    assert "FROM nvcr.io/nvidia/tritonserver:${TRITON_TAG}" in (DOCKER / "Dockerfile").read_text()
+
+
+def test_compose_reserves_one_gpu_and_checks_readiness():
+    service = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]["splade"]
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert "/v2/health/ready" in " ".join(service["healthcheck"]["test"])
+    assert any(v.endswith(":/engines") for v in service["volumes"])
+
+
+def test_image_copies_what_it_needs_and_the_entrypoint_parses():
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    ignore = (DOCKER / "Dockerfile.dockerignore").read_text()
+    for line in re.findall(r"^COPY (.+)$", dockerfile, re.M):
+        *sources, _ = line.split()
+        for source in sources:
+            assert (ROOT / source).exists(), source
+            assert f"!{source}" in ignore, f"{source} is excluded from the build context"
+    subprocess.run(["bash", "-n", str(DOCKER / "entrypoint.sh")], check=True)
+
+
+# --- provenance and the serve-time check --------------------------------------------
+
+PROVENANCE = {
+    "format": 1,
+    "tensorrt_version": "10.8.0.43",
+    "gpu": {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"},
+    "onnx_sha256": "ab" * 32,
+    "profile": {"inputs": ["input_ids", "attention_mask"], "min": [1, 1], "opt": [64, 128], "max": [64, 512]},
+    "precision": "fp16",
+    "fp32_groups": ["attention_mask", "normalization", "pooling", "softmax"],
+}
+HERE = {"tensorrt_version": "10.8.0", "gpu": {"name": "NVIDIA H100 PCIe", "compute_capability": "9.0"}}
+
+
+def test_a_matching_plan_is_accepted():
+    expected = expected_provenance("ab" * 32, PROVENANCE["profile"], "fp16", PROVENANCE["fp32_groups"])
+    assert plan_problems(PROVENANCE, HERE, expected) == []
+
+
+def test_a_plan_of_another_tensorrt_is_refused():
+    (problem,) = plan_problems(PROVENANCE, {**HERE, "tensorrt_version": "10.9.0"})
+    assert "TensorRT 10.8.0.43" in problem and "TensorRT 10.9.0" in problem
+
+
+def test_a_plan_for_another_gpu_family_is_refused():
+    (problem,) = plan_problems(PROVENANCE, {**HERE, "gpu": {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}})
+    assert "9.0" in problem and "8.0" in problem and "A100" in problem and "H100" in problem
+
+
+def test_a_stale_plan_is_reported():
+    expected = expected_provenance("cd" * 32, PROVENANCE["profile"], "fp16", PROVENANCE["fp32_groups"])
+    (problem,) = plan_problems(PROVENANCE, HERE, expected)
+    assert "ONNX graph" in problem
+    expected = expected_provenance("ab" * 32, {**PROVENANCE["profile"], "max": [128, 512]}, "fp16", PROVENANCE["fp32_groups"])
+    assert "optimization profile" in plan_problems(PROVENANCE, HERE, expected)[0]
+
+
+def test_a_plan_without_provenance_fields_is_refused():
+    assert len(plan_problems({"format": 1}, HERE)) == 2
+
+
+def test_tensorrt_library_version_decoding():
+    assert decode_tensorrt_version(100800) == "10.8.0"
+    assert decode_tensorrt_version(101303) == "10.13.3"
+    assert decode_tensorrt_version(8601) == "8.6.1"
+
+
+# --- what stays in FP32 ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def graph():
+    if not ONNX.is_file():
+        pytest.skip("model_repository has no model.onnx: run script/setup")
+    import onnx
+
+    return onnx.load(str(ONNX)), layers_from_onnx(onnx.load(str(ONNX)))
+
+
+def test_fp32_layers_of_the_exported_graph(graph):
+    model, (layers, outputs) = graph
+    ops = [n.op_type for n in model.graph.node]
+    selection = select_fp32_layers(layers, outputs)
+    names = {n.name: n for n in model.graph.node}
+    assert len(selection.groups["normalization"]) == ops.count("LayerNormalization") > 0
+    assert len(selection.groups["softmax"]) == ops.count("Softmax") > 0
+    # The attention-mask bias: the out-of-FP16-range constant, its Where, and
+    # the additions into the scores that each softmax reads.
+    mask = set(selection.groups["attention_mask"])
+    softmax_inputs = {names[s].input[0] for s in selection.groups["softmax"]}
+    assert {n for n in mask if n in names and names[n].output[0] in softmax_inputs} == {
+        n.name for n in model.graph.node if n.output[0] in softmax_inputs
+    }
+    assert any(n in names and names[n].op_type == "Where" for n in mask)
+    # The pooling tail: the max over tokens and the bias add, after the vocabulary projection.
+    pooling = [names[n].op_type for n in selection.groups["pooling"] if n in names]
+    assert pooling == ["ReduceMax", "Add"]
+    (projection,) = selection.output_only
+    assert names[projection].op_type == "MatMul"
+    with_decoder = select_fp32_layers(layers, outputs, engine.FP32_GROUPS)
+    assert with_decoder.groups["decoder"] == [projection] and with_decoder.output_only == []
+
+
+def test_fp32_selection_fails_on_an_unexpected_graph():
+    layers = [Layer("mm", "matmul", ("x", "w"), ("y",), (True,)), Layer("out", "reduce", ("y",), ("z",), (True,))]
+    with pytest.raises(ValueError, match="normalization, softmax"):
+        select_fp32_layers(layers, ["z"])
+    assert select_fp32_layers(layers, ["z"], ["pooling"]).groups == {"pooling": ["out"]}
+    with pytest.raises(ValueError, match="unknown FP32 group"):
+        select_fp32_layers(layers, ["z"], ["layernorm"])
+
+
+# --- fidelity metrics and texts ----------------------------------------------------------
+
+
+def test_compare_weights_counts_top_terms():
+    rng = np.random.default_rng(0)
+    reference = np.maximum(rng.normal(size=(4, 300)), 0).astype(np.float32)
+    same = compare_weights(reference, reference.copy(), k=50)
+    assert same["topk_recall"] == 1.0 and same["max_abs_diff"] == 0.0 and same["nonzero_mismatches"] == 0
+    candidate = reference.copy()
+    for row, top in enumerate(top_terms(reference, 50)):
+        if row == 0:
+            candidate[0, top[:5]] = 0.0  # five of text 0's top 50 lost
+    report = compare_weights(reference, candidate, k=50)
+    assert report["min_text_recall"] == pytest.approx(45 / 50)
+    assert report["topk_recall"] == pytest.approx((3 * 50 + 45) / 200)
+    assert report["texts_below_full_recall"] == 1
+
+
+def test_validation_texts_are_varied_and_cover_the_buckets():
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(REPOSITORY / "tokenizer" / "1" / "tokenizer.json"))
+    tokenizer.no_padding()  # the file pads to a fixed length; the served tokenizer does not
+    texts = validation_texts(300, list(tokenizer.get_vocab()), seed=0)
+    assert len(texts) == 300 and texts[: len(VARIED_TEXTS)] == VARIED_TEXTS
+    assert texts == validation_texts(300, list(tokenizer.get_vocab()), seed=0)
+    lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
+    shapes = gpu_shapes()
+    reached = {shapes.padded_length(min(n, shapes.max_length)) for n in lengths}
+    assert len(reached) >= len(shapes.buckets()) - 2, sorted(reached)
+
+
+# --- the GPU repository's shared models on a real (CPU) tritonserver --------------------
+
+
+def test_gpu_tokenizer_and_sparsify_configs_serve_the_same_vectors(tmp_path):
+    """The GPU repository with the CPU encoder in the engine's place: the
+    generated tokenizer (batch padding, 32-token buckets) and sparsify configs
+    load in Triton and serve the CPU path's vectors."""
+    if not ONNX.is_file():
+        pytest.skip("model_repository has no model.onnx: run script/setup")
+    repository = assemble(tmp_path / "repository", "gpu")
+    shutil.rmtree(repository / "encoder")
+    shutil.copytree(REPOSITORY / "encoder", repository / "encoder", ignore=shutil.ignore_patterns("__pycache__"))
+    server = Server(repository, tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        from tests import triton
+
+        client = triton.client("grpc", server)
+        served = client.get_model_config("tokenizer").config.parameters
+        assert (served["padding"].string_value, served["pad_to_multiple_of"].string_value) == ("batch", "32")
+        # Concurrent requests of different lengths, so one tokenizer execution pads several alike.
+        texts = VARIED_TEXTS
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda t: triton.encode("grpc", client, [t], outputs=("embedding",)), texts))
+        got = np.concatenate([r["embedding"] for r in results])
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        from splade_triton.splade import activate
+
+        tokenizer = Tokenizer.from_file(str(REPOSITORY / "tokenizer" / "1" / "tokenizer.json"))
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=512)
+        session = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"])
+        expected = []
+        for enc in tokenizer.encode_batch(texts):
+            ids = np.array([enc.ids], dtype=np.int64)
+            expected.append(activate(session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]))
+        np.testing.assert_allclose(got, np.concatenate(expected), rtol=0, atol=1e-4)
+    finally:
+        server.stop()
+
+
+# --- without TensorRT or a GPU: one line, status 3 -------------------------------------
+
+
+def run_tool(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+def has_tensorrt() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def has_gpu() -> bool:
+    try:
+        engine.probe_gpu(0)
+        return True
+    except engine.Unavailable:
+        return False
+
+
+@pytest.mark.skipif(has_tensorrt(), reason="TensorRT is installed here")
+@pytest.mark.parametrize("tool", ["build_engine.py", "validate_engine.py"])
+def test_without_tensorrt_the_tools_exit_with_one_line(tool):
+    result = run_tool(EXPORT / tool)
+    assert result.returncode == EXIT_UNAVAILABLE, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "TensorRT is not installed" in lines[0] and "Traceback" not in result.stderr
+    if not has_gpu():
+        assert "no CUDA GPU is visible" in lines[0] or "no NVIDIA driver" in lines[0]
+
+
+@pytest.mark.skipif(has_gpu(), reason="a CUDA GPU is visible here")
+def test_without_a_gpu_the_build_says_so(tmp_path):
+    # A stand-in `tensorrt` module, importable and nothing more, so that only the
+    # missing GPU is left to report (its code is never called).
+    (tmp_path / "tensorrt.py").write_text('__version__ = "10.8.0.43"\n')
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    result = run_tool(EXPORT / "build_engine.py", env=env)
+    assert result.returncode == EXIT_UNAVAILABLE, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "TensorRT is not installed" not in line
+    assert "no NVIDIA driver" in line or "no CUDA GPU is visible" in line
+
+
+@pytest.mark.skipif(has_gpu(), reason="a CUDA GPU is visible here")
+def test_without_a_gpu_the_serve_time_tools_exit_with_one_line(tmp_path):
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"")
+    for args in (["-m", "splade_triton.engine", "check", "--plan", plan],
+                 ["-m", "splade_triton.engine", "prepare", "--engines", tmp_path / "e", "--output", tmp_path / "r"]):
+        result = run_tool(*args)
+        assert result.returncode == EXIT_UNAVAILABLE, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_dry_run_prints_the_profile_and_fp32_layers_without_tensorrt():
+    if not ONNX.is_file():
+        pytest.skip("model_repository has no model.onnx: run script/setup")
+    result = run_tool(EXPORT / "build_engine.py", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["profile"]["max"] == [64, 512] and plan["tokenizer_buckets"][-1] == 512
+    assert set(plan["fp32_layers"]) == set(engine.DEFAULT_FP32_GROUPS)
+
+
+# --- on a machine with TensorRT and a GPU ------------------------------------------------
+
+needs_tensorrt_gpu = pytest.mark.skipif(
+    not (has_tensorrt() and has_gpu()), reason="needs TensorRT and a CUDA GPU (the GPU image has both; see docs/gpu.md)"
+)
+
+
+@needs_tensorrt_gpu
+def test_engine_builds_validates_and_passes_the_serve_check(tmp_path):
+    plan = tmp_path / "model.plan"
+    built = run_tool(EXPORT / "build_engine.py", "--output", plan, timeout=1800)
+    assert built.returncode == 0, built.stderr[-3000:]
+    provenance = json.loads((tmp_path / "model.plan.json").read_text())
+    assert provenance["profile"]["max"] == [64, 512] and provenance["precision"] == "fp16"
+    validated = run_tool(EXPORT / "validate_engine.py", "--plan", plan, "--record", timeout=1800)
+    assert validated.returncode == 0, validated.stdout + validated.stderr[-3000:]
+    assert json.loads((tmp_path / "model.plan.json").read_text())["validation"]["topk_recall"] >= 0.99
+    if shutil.which("tritonserver") or Path("/opt/tritonserver").is_dir():
+        checked = run_tool("-m", "splade_triton.engine", "check", "--plan", plan)
+        assert checked.returncode == 0, checked.stderr
+
+
+@pytest.mark.skipif(not has_gpu(), reason="needs a CUDA GPU")
+def test_cuda_fp16_numerics_of_the_exported_graph(tmp_path):
+    out = tmp_path / "numerics.json"
+    result = run_tool(EXPORT / "check_gpu_numerics.py", "--no-throughput", "--json-out", out, timeout=1800)
+    if result.returncode == EXIT_UNAVAILABLE:
+        pytest.skip(result.stderr.strip())
+    assert result.returncode == 0, result.stderr[-3000:]
+    numerics = json.loads(out.read_text())["numerics"]
+    assert numerics["torch-fp16-engine-like"]["topk_recall"] >= 0.99
