@@ -1,0 +1,659 @@
+"""The SPLADE client: the ``splade`` Triton model over HTTP or gRPC, asyncio or blocking.
+
+:class:`AsyncSpladeClient` does the work on tritonclient's asyncio clients
+(``tritonclient.grpc.aio`` / ``tritonclient.http.aio``); :class:`SpladeClient`
+is the same client for blocking code, running an :class:`AsyncSpladeClient` on
+an event loop of its own in a background thread (so it also works where the
+caller's thread already runs a loop, e.g. a notebook).
+
+Large inputs are cut into requests of at most ``batch_size`` texts (the model
+takes at most 64 per request) and ``max_request_bytes`` bytes (the server's
+limit on a request's texts together), and sent with at most ``max_in_flight``
+requests outstanding: enough concurrent requests for Triton's dynamic batcher to merge,
+never the whole corpus at once. Results come back in input order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import numbers
+import random
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+import numpy as np
+import scipy.sparse
+from tritonclient.utils import InferenceServerException
+
+from .errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    ProtocolError,
+    RequestTimeoutError,
+    ServerError,
+    ServerUnavailableError,
+    SpladeError,
+)
+from .formats import SparseVector, to_csr
+
+__all__ = [
+    "DEFAULT_URL",
+    "MAX_BATCH_SIZE",
+    "MAX_REQUEST_BYTES",
+    "AsyncSpladeClient",
+    "Endpoint",
+    "Health",
+    "SpladeClient",
+    "batched",
+    "parse_url",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "grpc://127.0.0.1:8001"
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
+# The ``splade`` ensemble's max_batch_size: texts per request.
+MAX_BATCH_SIZE = 64
+# The tokenizer's max_request_bytes: UTF-8 bytes of a request's texts together.
+MAX_REQUEST_BYTES = 1_048_576
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the server is: ``protocol`` (``http`` or ``grpc``) and ``host:port``."""
+
+    protocol: str
+    address: str
+
+    def __str__(self) -> str:
+        return f"{self.protocol}://{self.address}"
+
+
+def parse_url(url: str, protocol: str | None = None) -> Endpoint:
+    """``grpc://host:port``, ``http://host:port``, or ``host[:port]`` with ``protocol`` (default gRPC).
+
+    A missing port is the protocol's default (HTTP 8000, gRPC 8001).
+    """
+    text = url.strip()
+    if protocol is not None and protocol not in DEFAULT_PORTS:
+        raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
+    if "://" in text:
+        scheme, text = text.split("://", 1)
+        scheme = scheme.lower()
+        if scheme not in DEFAULT_PORTS:
+            raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r}: use http:// or grpc://")
+        if protocol is not None and protocol != scheme:
+            raise ValueError(f"URL {url!r} says {scheme} but protocol {protocol!r} was asked for")
+        protocol = scheme
+    protocol = protocol or "grpc"
+    text = text.rstrip("/")
+    if not text or "/" in text:
+        raise ValueError(f"a server URL is [http:// or grpc://]host[:port], without a path; got {url!r}")
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port:  # no port, or the tail of an IPv6 literal
+        host, port = text, str(DEFAULT_PORTS[protocol])
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"a server URL is [http:// or grpc://]host[:port]; got {url!r}")
+    return Endpoint(protocol, f"{host}:{int(port)}")
+
+
+@dataclass(frozen=True)
+class Health:
+    """What :meth:`AsyncSpladeClient.health` found."""
+
+    url: str
+    live: bool
+    ready: bool
+    model: str
+    model_ready: bool
+    version: str | None = None
+    probe_ms: float | None = None  # one real one-text inference, when the model said it was ready
+    error: str | None = None  # why the probe failed
+
+    @property
+    def ok(self) -> bool:
+        """Server live and ready, model ready, and a real inference answered."""
+        return self.live and self.ready and self.model_ready and self.error is None and self.probe_ms is not None
+
+
+def _parameters(top_k: int | None, min_weight: float | None) -> dict[str, Any] | None:
+    # tritonclient sends only Python bool/int/float/str: unwrap numpy scalars.
+    # Values are otherwise passed as given: the server validates them and its
+    # INVALID_ARG message is the one to show.
+    params: dict[str, Any] = {}
+    if top_k is not None:
+        params["top_k"] = int(top_k) if isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool) else top_k
+    if min_weight is not None:
+        params["min_weight"] = (float(min_weight) if isinstance(min_weight, numbers.Real)
+                                and not isinstance(min_weight, bool) else min_weight)
+    return params or None
+
+
+def _text_bytes(text: str | bytes) -> bytes:
+    if isinstance(text, str):
+        return text.encode("utf-8")
+    if isinstance(text, bytes):
+        return text
+    raise TypeError(f"texts must be str (or UTF-8 bytes), got {type(text).__name__}")
+
+
+def batched(items: Iterable[T], max_items: int, max_bytes: int | None = None,
+            size: Callable[[T], int] = len) -> Iterator[list[T]]:
+    """Consecutive runs of ``items``: at most ``max_items`` each, and at most
+    ``max_bytes`` by ``size`` together (an item larger than that goes alone)."""
+    batch: list[T] = []
+    total = 0
+    for item in items:
+        n = size(item) if max_bytes is not None else 0
+        if batch and (len(batch) >= max_items or (max_bytes is not None and total + n > max_bytes)):
+            yield batch
+            batch, total = [], 0
+        batch.append(item)
+        total += n
+    if batch:
+        yield batch
+
+
+def _rows_to_vectors(indices: np.ndarray, values: np.ndarray, tokens: np.ndarray | None) -> list[SparseVector]:
+    vectors = []
+    for r in range(indices.shape[0]):
+        keep = indices[r] >= 0  # -1 pads rows shorter than the request's longest
+        toks = None
+        if tokens is not None:
+            toks = tuple(t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in tokens[r][keep])
+        vectors.append(SparseVector(indices[r][keep], values[r][keep], toks))
+    return vectors
+
+
+class _Transport:
+    """One tritonclient asyncio client, and what its errors mean."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float, connections: int, headers: dict[str, str] | None):
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.headers = headers
+        if endpoint.protocol == "grpc":
+            import tritonclient.grpc.aio as module
+            from tritonclient.grpc import KeepAliveOptions
+
+            keepalive = KeepAliveOptions()
+            self.module = module
+            self.client = module.InferenceServerClient(endpoint.address, channel_args=[
+                ("grpc.max_send_message_length", 2**31 - 1),
+                ("grpc.max_receive_message_length", 2**31 - 1),
+                ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+                ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+                ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+                ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+                # gRPC's own reconnect backoff grows to 120 s by default: a server
+                # that comes up later would be seen long after our retries ended.
+                ("grpc.initial_reconnect_backoff_ms", 250),
+                ("grpc.min_reconnect_backoff_ms", 250),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ])
+        else:
+            import tritonclient.http.aio as module
+
+            self.module = module
+            self.client = module.InferenceServerClient(endpoint.address, conn_limit=connections, conn_timeout=timeout)
+
+    def _kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"headers": self.headers}
+        if self.endpoint.protocol == "grpc":
+            # The deadline travels to the server too.
+            kwargs["client_timeout"] = self.timeout
+        return kwargs
+
+    async def infer(self, model: str, texts: Sequence[str | bytes], outputs: Sequence[str],
+                    parameters: dict[str, Any] | None) -> dict[str, np.ndarray]:
+        data = np.array([[_text_bytes(t)] for t in texts], dtype=object).reshape(-1, 1)
+        text = self.module.InferInput("text", list(data.shape), "BYTES")
+        text.set_data_from_numpy(data)
+        result = await self.client.infer(
+            model, [text], outputs=[self.module.InferRequestedOutput(n) for n in outputs],
+            parameters=parameters, **self._kwargs())
+        return {n: result.as_numpy(n) for n in outputs}
+
+    async def live(self) -> bool:
+        return bool(await self.client.is_server_live(**self._kwargs()))
+
+    async def ready(self) -> bool:
+        return bool(await self.client.is_server_ready(**self._kwargs()))
+
+    async def model_ready(self, model: str) -> bool:
+        return bool(await self.client.is_model_ready(model, **self._kwargs()))
+
+    async def version(self) -> str | None:
+        if self.endpoint.protocol == "grpc":
+            meta = await self.client.get_server_metadata(as_json=True, **self._kwargs())
+        else:
+            meta = await self.client.get_server_metadata(headers=self.headers)
+        return meta.get("version")
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def error(self, exc: BaseException, model: str) -> SpladeError:
+        """The client's exception for what tritonclient / the transport raised."""
+        url = str(self.endpoint)
+        if isinstance(exc, SpladeError):
+            return exc
+        if isinstance(exc, InferenceServerException):
+            status = exc.status()
+            message = exc.message() or str(exc)
+            code = (status or "").removeprefix("StatusCode.")
+            if code in ("INVALID_ARGUMENT", "400"):
+                return InvalidRequestError(message, status=status, url=url)
+            if code in ("UNAVAILABLE", "503"):
+                return ServerUnavailableError(f"cannot reach the server at {url}: {message}", status=status, url=url)
+            if code in ("NOT_FOUND", "404"):
+                return ModelNotFoundError(f"the server at {url} does not serve model {model!r}: {message}",
+                                          status=status, url=url)
+            if code in ("DEADLINE_EXCEEDED", "504"):
+                return RequestTimeoutError(f"no answer from {url} within {self.timeout:g} s", status=status, url=url)
+            return ServerError(f"server error at {url} ({status}): {message}", status=status, url=url)
+        if isinstance(exc, asyncio.TimeoutError):
+            return RequestTimeoutError(f"no answer from {url} within {self.timeout:g} s", url=url)
+        if self.endpoint.protocol == "http":
+            import aiohttp
+
+            if isinstance(exc, aiohttp.ClientResponseError):
+                return ProtocolError(f"{url} did not answer as a Triton HTTP endpoint (is it the gRPC port?)",
+                                     url=url)
+            if isinstance(exc, aiohttp.ClientError):
+                return ServerUnavailableError(f"cannot reach the server at {url}: {exc}", url=url)
+        if isinstance(exc, OSError):
+            return ServerUnavailableError(f"cannot reach the server at {url}: {exc}", url=url)
+        return ServerError(f"unexpected error talking to {url}: {type(exc).__name__}: {exc}", url=url)
+
+
+class AsyncSpladeClient:
+    """Encode texts with the ``splade`` model of a Triton server, from asyncio code.
+
+    ``url``: ``grpc://host:port`` or ``http://host:port`` (or ``host:port`` and
+    ``protocol``). ``batch_size``: texts per request (the model's limit is 64).
+    ``max_request_bytes``: UTF-8 bytes of one request's texts together (the
+    server's own limit; None: no limit). ``max_in_flight``: requests
+    outstanding at once. ``timeout``: seconds per
+    request. ``retries``, ``backoff``, ``max_backoff``: a request that could not
+    reach the server, or was answered UNAVAILABLE, is retried up to ``retries``
+    times after exponential backoff with jitter (``backoff * 2**attempt`` seconds,
+    at most ``max_backoff``); no other error is retried.
+
+    >>> async with AsyncSpladeClient("grpc://127.0.0.1:8001") as client:
+    ...     vectors = await client.encode(["what is the capital of france"], top_k=8)
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, *, protocol: str | None = None, model: str = "splade",
+                 batch_size: int = MAX_BATCH_SIZE, max_request_bytes: int | None = MAX_REQUEST_BYTES,
+                 max_in_flight: int = 4, timeout: float = 60.0,
+                 retries: int = 4, backoff: float = 0.25, max_backoff: float = 4.0,
+                 headers: dict[str, str] | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_request_bytes is not None and max_request_bytes < 1:
+            raise ValueError(f"max_request_bytes must be >= 1 or None, got {max_request_bytes}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        if retries < 0 or backoff < 0 or max_backoff < 0:
+            raise ValueError("retries, backoff and max_backoff must be >= 0")
+        self.endpoint = parse_url(url, protocol)
+        self.model = model
+        self.batch_size = batch_size
+        self.max_request_bytes = max_request_bytes
+        self.max_in_flight = max_in_flight
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.headers = headers
+        self._transport: _Transport | None = None
+        self._vocab_size: int | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.endpoint)!r}, model={self.model!r})"
+
+    @property
+    def url(self) -> str:
+        return str(self.endpoint)
+
+    async def __aenter__(self) -> AsyncSpladeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection (the client can be used again: it reconnects)."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.close()
+
+    def _client(self) -> _Transport:
+        # Created on first use, inside the running loop: grpc.aio channels and
+        # aiohttp sessions belong to the loop they were made on.
+        if self._transport is None:
+            self._transport = _Transport(self.endpoint, self.timeout, self.max_in_flight, self.headers)
+        return self._transport
+
+    async def _call(self, fn: Callable[[_Transport], Awaitable[T]], retries: int | None = None) -> T:
+        """``fn(transport)`` within the timeout, retried on unreachable / UNAVAILABLE only."""
+        retries = self.retries if retries is None else retries
+        transport = self._client()
+        for attempt in itertools.count():
+            try:
+                return await asyncio.wait_for(fn(transport), self.timeout)
+            except Exception as exc:  # noqa: BLE001 - sorted into the client's errors just below
+                error = transport.error(exc, self.model)
+                if not error.retryable or attempt >= retries:
+                    raise error from exc
+                delay = min(self.max_backoff, self.backoff * 2**attempt)
+                delay = random.uniform(delay / 2, delay)
+                log.warning("%s; retry %d/%d in %.2f s", error, attempt + 1, retries, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _infer(self, texts: Sequence[str | bytes], outputs: Sequence[str],
+                     parameters: dict[str, Any] | None) -> dict[str, np.ndarray]:
+        result = await self._call(lambda t: t.infer(self.model, texts, outputs, parameters))
+        rows = {name: array.shape[0] for name, array in result.items()}
+        if any(n != len(texts) for n in rows.values()):
+            raise ServerError(f"the server answered {rows} rows for {len(texts)} texts", url=self.url)
+        return result
+
+    async def _encode_chunk(self, texts: Sequence[str | bytes], parameters: dict[str, Any] | None,
+                            return_tokens: bool) -> list[SparseVector]:
+        # Only what is needed travels back: `embedding` is vocab floats per text.
+        outputs = ("indices", "values", "tokens") if return_tokens else ("indices", "values")
+        result = await self._infer(texts, outputs, parameters)
+        return _rows_to_vectors(result["indices"], result["values"], result.get("tokens"))
+
+    def _requests(self, texts: Iterable[str | bytes]) -> Iterator[list[bytes]]:
+        # Cut by count and by bytes: 64 long texts can exceed the server's max_request_bytes.
+        return batched(map(_text_bytes, texts), self.batch_size, self.max_request_bytes)
+
+    async def _pipeline(self, batches: Iterable[tuple[T, Sequence[str | bytes]]],
+                        request: Callable[[Sequence[str | bytes]], Awaitable[Any]]) -> AsyncIterator[tuple[T, Any]]:
+        pending: deque[tuple[T, asyncio.Task]] = deque()
+
+        def settle(task: asyncio.Task) -> None:
+            # A task abandoned after an earlier failure must not log "exception never retrieved".
+            if not task.cancelled():
+                task.exception()
+
+        try:
+            for tag, texts in batches:
+                if not 0 < len(texts) <= self.batch_size:
+                    raise ValueError(f"a batch holds 1 to {self.batch_size} texts, got {len(texts)}")
+                task = asyncio.ensure_future(request(texts))
+                task.add_done_callback(settle)
+                pending.append((tag, task))
+                # The oldest first: order kept, at most max_in_flight outstanding.
+                if len(pending) >= self.max_in_flight:
+                    tag0, task0 = pending.popleft()
+                    yield tag0, await task0
+            while pending:
+                tag0, task0 = pending.popleft()
+                yield tag0, await task0
+        finally:
+            for _, task in pending:
+                task.cancel()
+
+    async def encode_batches(self, batches: Iterable[tuple[T, Sequence[str | bytes]]], *,
+                             top_k: int | None = None, min_weight: float | None = None,
+                             return_tokens: bool = False) -> AsyncIterator[tuple[T, list[SparseVector]]]:
+        """Stream ``(tag, vectors)`` for each ``(tag, texts)`` batch, in order.
+
+        Each batch is one request (1 to ``batch_size`` texts; see :func:`batched`
+        to cut them within ``max_request_bytes`` too); ``tag`` is passed
+        through untouched (e.g. the texts' ids). Batches are read from the
+        iterable only as requests are sent, so a corpus never sits in memory.
+        """
+        parameters = _parameters(top_k, min_weight)
+        agen = self._pipeline(batches, lambda texts: self._encode_chunk(texts, parameters, return_tokens))
+        try:
+            async for item in agen:
+                yield item
+        finally:
+            await agen.aclose()
+
+    async def iter_encode(self, texts: Iterable[str | bytes], *, top_k: int | None = None,
+                          min_weight: float | None = None, return_tokens: bool = False) -> AsyncIterator[SparseVector]:
+        """Stream one vector per text, in order (texts read lazily, one request's worth at a time)."""
+        batches = ((None, chunk) for chunk in self._requests(texts))
+        agen = self.encode_batches(batches, top_k=top_k, min_weight=min_weight, return_tokens=return_tokens)
+        try:
+            async for _, vectors in agen:
+                for vector in vectors:
+                    yield vector
+        finally:
+            await agen.aclose()
+
+    @overload
+    async def encode(self, texts: str, *, top_k: int | None = ..., min_weight: float | None = ...,
+                     return_tokens: bool = ...) -> SparseVector: ...
+
+    @overload
+    async def encode(self, texts: Iterable[str | bytes], *, top_k: int | None = ...,
+                     min_weight: float | None = ..., return_tokens: bool = ...) -> list[SparseVector]: ...
+
+    async def encode(self, texts, *, top_k=None, min_weight=None, return_tokens=False):
+        """SPLADE vectors of ``texts``, in order; a single ``str`` gives a single vector.
+
+        ``top_k``: keep at most this many terms per text (0: all); ``min_weight``:
+        drop lighter terms (both the model's request parameters, validated by the
+        server: a bad value raises :class:`InvalidRequestError` with its message).
+        ``return_tokens``: also fetch the vocabulary string of each term.
+        """
+        if isinstance(texts, (str, bytes)):
+            return (await self.encode([texts], top_k=top_k, min_weight=min_weight, return_tokens=return_tokens))[0]
+        return [v async for v in self.iter_encode(texts, top_k=top_k, min_weight=min_weight,
+                                                  return_tokens=return_tokens)]
+
+    async def encode_csr(self, texts: Iterable[str | bytes], *, top_k: int | None = None,
+                         min_weight: float | None = None) -> scipy.sparse.csr_matrix:
+        """``[len(texts), vocab_size]`` CSR matrix of the texts' vectors."""
+        vectors = await self.encode(list(texts), top_k=top_k, min_weight=min_weight)
+        return to_csr(vectors, await self.vocab_size())
+
+    async def embed_dense(self, texts: Iterable[str | bytes]) -> np.ndarray:
+        """The full ``[len(texts), vocab_size]`` float32 vectors (the model's ``embedding`` output)."""
+        batches = ((None, chunk) for chunk in self._requests(texts))
+        rows = [r async for _, r in self._pipeline(batches, lambda c: self._infer(c, ("embedding",), None))]
+        if not rows:
+            return np.zeros((0, await self.vocab_size()), dtype=np.float32)
+        return np.concatenate([r["embedding"] for r in rows])
+
+    async def vocab_size(self) -> int:
+        """The model's vocabulary size (asked of the server once)."""
+        if self._vocab_size is None:
+            # The ensemble declares `embedding` as [-1]: its width is only seen in an answer.
+            result = await self._infer([""], ("embedding",), None)
+            self._vocab_size = int(result["embedding"].shape[1])
+        return self._vocab_size
+
+    async def health(self, probe: bool = True) -> Health:
+        """Server liveness and readiness, model readiness, and (``probe``) one real inference.
+
+        Not retried. Raises :class:`ServerUnavailableError` when nothing answers.
+        A model can say ready while unable to answer (a dead Python-backend stub),
+        hence the probe.
+        """
+        live = await self._call(lambda t: t.live(), retries=0)
+        ready = await self._call(lambda t: t.ready(), retries=0)
+        model_ready = await self._call(lambda t: t.model_ready(self.model), retries=0)
+        version = await self._call(lambda t: t.version(), retries=0)
+        probe_ms = error = None
+        if probe and model_ready:
+            start = time.perf_counter()
+            try:
+                await self._call(lambda t: t.infer(self.model, ["health check"], ("indices",), {"top_k": 1}),
+                                 retries=0)
+                probe_ms = (time.perf_counter() - start) * 1000
+            except SpladeError as exc:
+                error = str(exc)
+        return Health(self.url, live, ready, self.model, model_ready, version, probe_ms, error)
+
+
+class _LoopThread:
+    """An event loop running in a daemon thread, for blocking callers."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="splade-client", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Awaitable[T]) -> T:
+        """Run ``coro`` on the loop and wait for its result."""
+        if self.loop.is_closed():
+            coro.close()
+            raise RuntimeError("the client is closed")
+        result: concurrent.futures.Future = concurrent.futures.Future()
+        finished = threading.Event()
+        tasks: list[asyncio.Task] = []
+
+        def settle(task: asyncio.Task) -> None:
+            if task.cancelled():
+                result.cancel()
+            elif task.exception() is not None:
+                result.set_exception(task.exception())
+            else:
+                result.set_result(task.result())
+            finished.set()
+
+        def start() -> None:
+            task = self.loop.create_task(coro)
+            tasks.append(task)
+            task.add_done_callback(settle)
+
+        self.loop.call_soon_threadsafe(start)
+        try:
+            return result.result()
+        except BaseException:
+            # Interrupted while waiting (Ctrl-C): cancel the work in the loop and
+            # let it unwind before anything else runs there.
+            self.loop.call_soon_threadsafe(lambda: tasks and tasks[0].cancel())
+            finished.wait(10)
+            raise
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+        if not self.loop.is_running() and not self.loop.is_closed():
+            self.loop.close()
+
+
+def _shutdown(runner: _LoopThread, aclient: AsyncSpladeClient) -> None:
+    # Also what a client that was never closed gets when it is collected.
+    try:
+        runner.run(aclient.close())
+    finally:
+        runner.stop()
+
+
+class SpladeClient:
+    """The blocking form of :class:`AsyncSpladeClient`: same arguments, same methods.
+
+    >>> with SpladeClient("http://127.0.0.1:8000") as client:
+    ...     vector = client.encode("what is the capital of france", top_k=8, return_tokens=True)
+    ...     vector.top(3)
+    [('capital', 2.7945964), ('france', 2.358742), ('french', 1.8444563)]
+
+    Thread-safe: several threads may call one client at once (their requests
+    share its connection).
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, **kwargs: Any):
+        self._aclient = AsyncSpladeClient(url, **kwargs)
+        self._runner = _LoopThread()
+        self._finalizer = weakref.finalize(self, _shutdown, self._runner, self._aclient)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, model={self.model!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        # Settings (url, endpoint, model, batch_size, timeout, ...) are the async client's.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        value = getattr(self._aclient, name)
+        if callable(value):
+            raise AttributeError(name)
+        return value
+
+    def __enter__(self) -> SpladeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection and stop the client's event-loop thread."""
+        self._finalizer()
+
+    def _iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
+        try:
+            while True:
+                try:
+                    yield self._runner.run(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._runner.run(agen.aclose())
+
+    @overload
+    def encode(self, texts: str, *, top_k: int | None = ..., min_weight: float | None = ...,
+               return_tokens: bool = ...) -> SparseVector: ...
+
+    @overload
+    def encode(self, texts: Iterable[str | bytes], *, top_k: int | None = ..., min_weight: float | None = ...,
+               return_tokens: bool = ...) -> list[SparseVector]: ...
+
+    def encode(self, texts, *, top_k=None, min_weight=None, return_tokens=False):
+        """See :meth:`AsyncSpladeClient.encode`."""
+        if not isinstance(texts, (str, bytes)):
+            texts = list(texts)  # read here, not in the loop's thread
+        return self._runner.run(self._aclient.encode(texts, top_k=top_k, min_weight=min_weight,
+                                                     return_tokens=return_tokens))
+
+    def iter_encode(self, texts: Iterable[str | bytes], *, top_k: int | None = None,
+                    min_weight: float | None = None, return_tokens: bool = False) -> Iterator[SparseVector]:
+        """See :meth:`AsyncSpladeClient.iter_encode`."""
+        return self._iterate(self._aclient.iter_encode(texts, top_k=top_k, min_weight=min_weight,
+                                                       return_tokens=return_tokens))
+
+    def encode_batches(self, batches: Iterable[tuple[T, Sequence[str | bytes]]], *, top_k: int | None = None,
+                       min_weight: float | None = None,
+                       return_tokens: bool = False) -> Iterator[tuple[T, list[SparseVector]]]:
+        """See :meth:`AsyncSpladeClient.encode_batches`."""
+        return self._iterate(self._aclient.encode_batches(batches, top_k=top_k, min_weight=min_weight,
+                                                          return_tokens=return_tokens))
+
+    def encode_csr(self, texts: Iterable[str | bytes], *, top_k: int | None = None,
+                   min_weight: float | None = None) -> scipy.sparse.csr_matrix:
+        """See :meth:`AsyncSpladeClient.encode_csr`."""
+        return self._runner.run(self._aclient.encode_csr(list(texts), top_k=top_k, min_weight=min_weight))
+
+    def embed_dense(self, texts: Iterable[str | bytes]) -> np.ndarray:
+        """See :meth:`AsyncSpladeClient.embed_dense`."""
+        return self._runner.run(self._aclient.embed_dense(list(texts)))
+
+    def vocab_size(self) -> int:
+        """See :meth:`AsyncSpladeClient.vocab_size`."""
+        return self._runner.run(self._aclient.vocab_size())
+
+    def health(self, probe: bool = True) -> Health:
+        """See :meth:`AsyncSpladeClient.health`."""
+        return self._runner.run(self._aclient.health(probe))

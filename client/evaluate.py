@@ -1,0 +1,101 @@
+"""Retrieval quality on a BEIR-format dataset, measured by ir-measures.
+
+Documents and queries are encoded by the server, documents go into a
+:class:`~client.scoring.SparseIndex`, each query retrieves its top documents by
+sparse dot product, and ir-measures (pytrec_eval underneath) scores the run
+against the qrels. No metric is computed here by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
+
+import ir_measures
+
+from .core import SpladeClient
+from .corpus import BeirDataset
+from .formats import SparseVector
+from .scoring import SparseIndex
+
+__all__ = ["DEFAULT_MEASURES", "Evaluation", "evaluate", "measure_run", "write_trec_run"]
+
+# Report name -> ir-measures measure. ir-measures calls MRR "RR" (the mean is the aggregate).
+DEFAULT_MEASURES = {"nDCG@10": "nDCG@10", "MRR@10": "RR@10", "Recall@100": "R@100"}
+
+Run = dict[str, dict[str, float]]  # query id -> doc id -> score
+
+
+def measure_run(qrels: dict[str, dict[str, int]], run: Run,
+                measures: dict[str, str] | None = None) -> dict[str, float]:
+    """Mean of each measure over the judged queries, computed by ir-measures.
+
+    A judged query the run has no document for counts as 0 (ir-measures would
+    otherwise leave it out of the mean).
+    """
+    measures = measures or DEFAULT_MEASURES
+    parsed = {name: ir_measures.parse_measure(spec) for name, spec in measures.items()}
+    per_query: dict[str, dict[str, float]] = {name: {} for name in parsed}
+    by_measure = {m: name for name, m in parsed.items()}
+    for metric in ir_measures.iter_calc(list(parsed.values()), qrels, run):
+        per_query[by_measure[metric.measure]][metric.query_id] = float(metric.value)
+    judged = [q for q, docs in qrels.items() if any(rel > 0 for rel in docs.values())]
+    return {name: (sum(per_query[name].get(q, 0.0) for q in judged) / len(judged) if judged else 0.0)
+            for name in parsed}
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` measured, and on what."""
+
+    dataset: str
+    documents: int
+    queries: int
+    metrics: dict[str, float]
+    run: Run = field(repr=False)
+    seconds: float = 0.0
+    library: str = f"ir-measures {version('ir-measures')}"
+
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "documents": self.documents, "queries": self.queries,
+                "metrics": self.metrics, "library": self.library, "seconds": round(self.seconds, 3)}
+
+
+def _encode(client: SpladeClient, texts: Sequence[str], progress: Callable[[int], None] | None,
+            **kwargs) -> list[SparseVector]:
+    vectors = []
+    for vector in client.iter_encode(texts, **kwargs):
+        vectors.append(vector)
+        if progress is not None:
+            progress(1)
+    return vectors
+
+
+def evaluate(client: SpladeClient, dataset: BeirDataset, *, name: str = "", depth: int = 100,
+             query_top_k: int | None = None, doc_top_k: int | None = None,
+             measures: dict[str, str] | None = None,
+             progress: Callable[[int], None] | None = None) -> Evaluation:
+    """Encode ``dataset``, retrieve ``depth`` documents per query, and measure the run."""
+    start = time.perf_counter()
+    doc_ids = list(dataset.corpus)
+    doc_vectors = _encode(client, [dataset.corpus[d] for d in doc_ids], progress, top_k=doc_top_k)
+    index = SparseIndex(doc_ids, doc_vectors)
+    query_ids = list(dataset.queries)
+    query_vectors = _encode(client, [dataset.queries[q] for q in query_ids], progress, top_k=query_top_k)
+    run: Run = {}
+    for qid, vector in zip(query_ids, query_vectors):
+        run[qid] = {hit.id: hit.score for hit in index.search(vector, depth)}
+    metrics = measure_run(dataset.qrels, run, measures)
+    return Evaluation(name, len(doc_ids), len(query_ids), metrics, run, time.perf_counter() - start)
+
+
+def write_trec_run(run: Run, path: str | os.PathLike, tag: str = "splade") -> None:
+    """Write ``run`` in TREC format (``qid Q0 docid rank score tag``), best first."""
+    with open(path, "w", encoding="utf-8") as f:
+        for qid, docs in run.items():
+            ranked = sorted(docs.items(), key=lambda item: (-item[1], item[0]))
+            for rank, (doc, score) in enumerate(ranked, 1):
+                f.write(f"{qid} Q0 {doc} {rank} {score:.6f} {tag}\n")
