@@ -1,0 +1,390 @@
+"""``python -m client``: embed, bulk-encode, search, evaluate, and check the service.
+
+Every command talks to the server given by ``--url`` (default ``$SPLADE_URL``,
+else ``grpc://127.0.0.1:8001``). A failure is one line on stderr and a non-zero
+exit status: 1 for errors, 2 for bad usage, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from .core import DEFAULT_URL, MAX_BATCH_SIZE, MAX_REQUEST_BYTES, SpladeClient, batched
+from .corpus import VectorsFile, count_lines, id_key, load_beir, read_jsonl, read_vectors, record_text, vector_line
+from .errors import SpladeError
+from .formats import FORMATS, SparseVector
+
+__all__ = ["main"]
+
+URL_ENV = "SPLADE_URL"
+
+
+class CommandError(Exception):
+    """A failure to report as one line (exit status 1)."""
+
+
+def _client(args: argparse.Namespace) -> SpladeClient:
+    return SpladeClient(args.url, protocol=args.protocol, model=args.model, batch_size=args.batch_size,
+                        max_request_bytes=args.max_request_bytes, max_in_flight=args.max_in_flight,
+                        timeout=args.timeout, retries=args.retries)
+
+
+def _progress(args: argparse.Namespace, **kwargs: Any) -> tqdm:
+    # None: tqdm shows the bar only on a terminal.
+    disable = {"auto": None, "on": False, "off": True}[args.progress]
+    return tqdm(file=sys.stderr, disable=disable, dynamic_ncols=True, **kwargs)
+
+
+def _print_json(data: Any, out: TextIO) -> None:
+    json.dump(data, out, ensure_ascii=False)
+    out.write("\n")
+
+
+# --- embed -------------------------------------------------------------------------
+
+
+def _read_texts(texts: Sequence[str]) -> list[str]:
+    if list(texts) == ["-"]:
+        return [line.rstrip("\n") for line in sys.stdin]
+    return list(texts)
+
+
+def _human(text: str, vector: SparseVector, show: int, out: TextIO) -> None:
+    out.write(f"{text}\n")
+    terms = vector.top(show)
+    width = max((len(str(t)) for t, _ in terms), default=0)
+    for term, weight in terms:
+        out.write(f"  {str(term):<{width}}  {weight:.3f}\n")
+    more = len(vector) - len(terms)
+    out.write(f"  ({len(vector)} terms{f', {more} more not shown' if more > 0 else ''})\n")
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    texts = _read_texts(args.texts)
+    with _client(args) as client:
+        vectors = client.encode(texts, top_k=args.top_k, min_weight=args.min_weight,
+                                return_tokens=args.format in ("human", "native"))
+    out = sys.stdout
+    if args.format == "human":
+        for i, (text, vector) in enumerate(zip(texts, vectors)):
+            if i:
+                out.write("\n")
+            _human(text, vector, args.show, out)
+    elif args.format == "native":
+        _print_json([v.to_native() for v in vectors], out)
+    elif args.format == "tei":
+        _print_json([v.to_tei() for v in vectors], out)
+    else:
+        _print_json([v.to_lexical_weights() for v in vectors], out)
+    return 0
+
+
+# --- encode ------------------------------------------------------------------------
+
+
+def _text_fields(values: Sequence[str]) -> list[str]:
+    return [name for value in values for name in value.split(",") if name]
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    text_fields = _text_fields(args.text_field)
+    total = count_lines(args.input)
+    skipped = 0
+
+    with VectorsFile.open(args.output) as output:
+        if output.dropped_bytes:
+            print(f"{args.output}: dropped an incomplete last line ({output.dropped_bytes} bytes) "
+                  "left by an interrupted run", file=sys.stderr)
+        seen = output.done  # grows as records are sent: a repeated id is encoded once
+        already = len(seen)
+
+        def records() -> Iterator[tuple[Any, bytes]]:
+            nonlocal skipped
+            for number, obj in read_jsonl(args.input):
+                where = f"{args.input}:{number}: "
+                if args.id_field not in obj:
+                    raise ValueError(f"{where}no {args.id_field!r} field")
+                key = id_key(obj[args.id_field], where)
+                if key in seen:
+                    skipped += 1
+                    continue
+                seen.add(key)
+                yield obj[args.id_field], record_text(obj, text_fields, where).encode("utf-8")
+
+        chunks = batched(records(), args.batch_size, args.max_request_bytes, size=lambda record: len(record[1]))
+        batches = ((tuple(i for i, _ in chunk), [t for _, t in chunk]) for chunk in chunks)
+        written = 0
+        start = time.perf_counter()
+        with _client(args) as client, _progress(args, total=total, initial=min(already, total),
+                                                unit="text", desc="encode") as bar:
+            try:
+                for ids, vectors in client.encode_batches(batches, top_k=args.top_k, min_weight=args.min_weight,
+                                                          return_tokens=args.tokens):
+                    output.write([vector_line(i, v, args.format) for i, v in zip(ids, vectors)])
+                    written += len(ids)
+                    bar.update(len(ids))
+            except KeyboardInterrupt:
+                bar.close()
+                print(f"interrupted: {written} new vectors written to {args.output} "
+                      f"({already + written} in all); run the same command again to resume", file=sys.stderr)
+                return 130
+        seconds = time.perf_counter() - start
+    rate = written / seconds if seconds > 0 else 0.0
+    print(f"encoded {written} texts in {seconds:.2f} s ({rate:.1f} texts/s) over {client.url}; "
+          f"{skipped} skipped (already in the output, or a repeated id); {already + written} vectors in {args.output}")
+    return 0
+
+
+# --- search ------------------------------------------------------------------------
+
+
+def _load_texts(args: argparse.Namespace) -> dict[str, str]:
+    if not args.corpus:
+        return {}
+    fields = _text_fields(args.text_field)
+    texts = {}
+    for number, obj in read_jsonl(args.corpus):
+        where = f"{args.corpus}:{number}: "
+        texts[id_key(obj.get(args.id_field), where)] = record_text(obj, fields, where)
+    return texts
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .scoring import SparseIndex
+
+    ids, vectors = read_vectors(args.vectors)
+    if not ids:
+        raise CommandError(f"{args.vectors} holds no vectors")
+    index = SparseIndex(ids, vectors)
+    texts = _load_texts(args)
+    # Stdin queries are answered as they come, one line at a time.
+    queries = args.queries or (line.strip() for line in sys.stdin if line.strip())
+    out = sys.stdout
+    with _client(args) as client:
+        for query in queries:
+            vector = client.encode(query, top_k=args.query_top_k, return_tokens=True)
+            hits = index.search(vector, args.hits)
+            if args.json:
+                _print_json({"query": query, "hits": [
+                    {"id": h.id, "score": round(h.score, 6),
+                     "terms": [{"token": t.token, "index": t.index, "query_weight": t.query_weight,
+                                "document_weight": t.document_weight} for t in h.terms]}
+                    for h in hits]}, out)
+                out.flush()
+                continue
+            out.write(f"{query}\n")
+            if not hits:
+                out.write("  (no document shares a term with this query)\n")
+            for rank, hit in enumerate(hits, 1):
+                matched = ", ".join(f"{t.token or t.index} {t.contribution:.2f}" for t in hit.terms[:args.terms])
+                if len(hit.terms) > args.terms:
+                    matched += f", +{len(hit.terms) - args.terms} more"
+                out.write(f"  {rank:>2}. {hit.id}  {hit.score:.3f}  [{matched}]\n")
+                if hit.id in texts:
+                    snippet = " ".join(texts[hit.id].split())
+                    out.write(f"      {snippet[:100]}{'...' if len(snippet) > 100 else ''}\n")
+            out.flush()
+    return 0
+
+
+# --- evaluate ----------------------------------------------------------------------
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import DEFAULT_MEASURES, evaluate, write_trec_run
+
+    dataset = load_beir(args.dataset, args.split)
+    measures = {m: m for m in args.measure} if args.measure else DEFAULT_MEASURES
+    name = os.path.basename(os.path.normpath(args.dataset))
+    with _client(args) as client, _progress(args, total=len(dataset.corpus) + len(dataset.queries),
+                                            unit="text", desc="evaluate") as bar:
+        result = evaluate(client, dataset, name=name, depth=args.depth, query_top_k=args.query_top_k,
+                          doc_top_k=args.doc_top_k, measures=measures, progress=bar.update)
+    if args.run:
+        write_trec_run(result.run, args.run)
+    if args.json:
+        _print_json(result.to_dict(), sys.stdout)
+        return 0
+    print(f"{name}: {result.documents} documents, {result.queries} queries, {result.seconds:.1f} s "
+          f"(metrics by {result.library})")
+    width = max(len(n) for n in result.metrics)
+    for metric, value in result.metrics.items():
+        print(f"  {metric:<{width}}  {value:.4f}")
+    return 0
+
+
+# --- health ------------------------------------------------------------------------
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        health = client.health(probe=not args.no_probe)
+    if args.json:
+        _print_json({**health.__dict__, "ok": health.ok or (args.no_probe and health.model_ready)}, sys.stdout)
+    else:
+        version = f" (Triton {health.version})" if health.version else ""
+        print(f"server  {health.url}  {'live' if health.live else 'NOT live'}, "
+              f"{'ready' if health.ready else 'NOT ready'}{version}")
+        probe = f", inference {health.probe_ms:.1f} ms" if health.probe_ms is not None else ""
+        print(f"model   {health.model}  {'ready' if health.model_ready else 'NOT ready'}{probe}")
+    if not health.live or not health.ready:
+        raise CommandError(f"the server at {health.url} is not ready")
+    if not health.model_ready:
+        raise CommandError(f"model {health.model!r} is not ready at {health.url}")
+    if health.error:
+        raise CommandError(f"model {health.model!r} says ready but an inference failed: {health.error}")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser (one sub-command per task)."""
+    common = argparse.ArgumentParser(add_help=False)
+    server = common.add_argument_group("server")
+    server.add_argument("--url", default=os.environ.get(URL_ENV, DEFAULT_URL),
+                        help=f"grpc://host:port or http://host:port (default ${URL_ENV} or {DEFAULT_URL})")
+    server.add_argument("--protocol", choices=("grpc", "http"),
+                        help="protocol for a URL without a scheme (default grpc)")
+    server.add_argument("--model", default="splade", help="model name (default splade)")
+    server.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    server.add_argument("--retries", type=int, default=4,
+                        help="retries of a request that cannot reach the server (default 4)")
+    server.add_argument("--batch-size", type=_positive_int, default=MAX_BATCH_SIZE,
+                        help=f"texts per request (default {MAX_BATCH_SIZE}, the model's limit)")
+    server.add_argument("--max-request-bytes", type=_positive_int, default=MAX_REQUEST_BYTES,
+                        help=f"UTF-8 bytes of one request's texts together (default {MAX_REQUEST_BYTES}, "
+                             "the server's max_request_bytes)")
+    server.add_argument("--max-in-flight", type=_positive_int, default=4,
+                        help="concurrent requests (default 4)")
+    server.add_argument("-v", "--verbose", action="store_true", help="log retries")
+
+    progress = argparse.ArgumentParser(add_help=False)
+    progress.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                          help="progress bar on stderr (auto: only on a terminal)")
+
+    fields = argparse.ArgumentParser(add_help=False)
+    fields.add_argument("--id-field", default="id", help="JSON field of a record's id (default id)")
+    fields.add_argument("--text-field", action="append", default=None,
+                        help="JSON field(s) of the text, repeatable or comma-separated, joined by a space "
+                             "(default text)")
+
+    parser = argparse.ArgumentParser(prog="python -m client", description="Embed, bulk-encode, search and evaluate with the SPLADE Triton service.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    embed = commands.add_parser("embed", parents=[common], help="print the vector of a text",
+                                description="Print the SPLADE vector of each text ('-': one text per stdin line).")
+    embed.add_argument("texts", nargs="+", metavar="TEXT")
+    embed.add_argument("--format", choices=("human", *FORMATS), default="human",
+                       help="human: top terms as words (default); native: indices/values/tokens; "
+                            "tei: TEI /embed_sparse JSON; m3: BGE-M3 lexical_weights")
+    embed.add_argument("--top-k", type=int, help="keep at most N terms (the server's top_k)")
+    embed.add_argument("--min-weight", type=float, help="drop lighter terms (the server's min_weight)")
+    embed.add_argument("--show", type=_positive_int, default=20, help="terms shown in the human form (default 20)")
+    embed.set_defaults(handler=cmd_embed)
+
+    encode = commands.add_parser("encode", parents=[common, progress, fields], help="bulk-encode a JSONL corpus",
+                                 description="Encode every record of a JSON-lines corpus into a JSON-lines vectors "
+                                             "file, one {\"id\": ..., <vector>} per line, in input order. Resumable: "
+                                             "ids already in the output are skipped.")
+    encode.add_argument("--input", required=True, help="corpus, one JSON object per line")
+    encode.add_argument("--output", required=True, help="vectors file (appended to)")
+    encode.add_argument("--format", choices=FORMATS, default="native",
+                        help="native: indices/values (default); tei: embed_sparse; m3: lexical_weights")
+    encode.add_argument("--tokens", action="store_true", help="native: also write each term's token")
+    encode.add_argument("--top-k", type=int, help="keep at most N terms per text")
+    encode.add_argument("--min-weight", type=float, help="drop lighter terms")
+    encode.set_defaults(handler=cmd_encode)
+
+    search = commands.add_parser("search", parents=[common, fields], help="search encoded documents",
+                                 description="Index an encode output in memory and answer queries (arguments, "
+                                             "or one per stdin line) with the best documents and matched terms.")
+    search.add_argument("queries", nargs="*", metavar="QUERY")
+    search.add_argument("--vectors", required=True, help="an encode output file")
+    search.add_argument("--corpus", help="the corpus, to show each hit's text")
+    search.add_argument("-k", "--hits", type=_positive_int, default=10, help="documents per query (default 10)")
+    search.add_argument("--terms", type=_positive_int, default=5, help="matched terms shown per hit (default 5)")
+    search.add_argument("--query-top-k", type=int, help="keep at most N query terms")
+    search.add_argument("--json", action="store_true", help="one JSON object per query")
+    search.set_defaults(handler=cmd_search)
+
+    evaluate = commands.add_parser("evaluate", parents=[common, progress], help="retrieval quality on a BEIR folder",
+                                   description="Encode a BEIR-format dataset (corpus.jsonl, queries.jsonl, "
+                                               "qrels/SPLIT.tsv), retrieve by sparse dot product, and report "
+                                               "nDCG@10, MRR@10 and Recall@100 (ir-measures).")
+    evaluate.add_argument("--dataset", required=True, help="BEIR-format folder")
+    evaluate.add_argument("--split", default="test", help="qrels split (default test)")
+    evaluate.add_argument("--depth", type=_positive_int, default=100, help="documents retrieved per query")
+    evaluate.add_argument("--query-top-k", type=int, help="keep at most N terms per query")
+    evaluate.add_argument("--doc-top-k", type=int, help="keep at most N terms per document")
+    evaluate.add_argument("--measure", action="append", help="an ir-measures measure instead of the defaults "
+                                                             "(repeatable), e.g. P@5")
+    evaluate.add_argument("--run", help="also write the run here (TREC format)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    health = commands.add_parser("health", parents=[common], help="server and model readiness",
+                                 description="Check that the server is live and ready, that the model is ready, "
+                                             "and that it answers a real inference.")
+    health.add_argument("--no-probe", action="store_true", help="skip the test inference")
+    health.add_argument("--json", action="store_true", help="print the result as JSON")
+    health.set_defaults(handler=cmd_health)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM stops like Ctrl-C: complete lines written, nothing half-done.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None, *, standalone: bool = False) -> int:
+    """Run the command line; returns the exit status.
+
+    ``standalone`` (``python -m client``): also set up logging and make SIGTERM
+    stop a command the way Ctrl-C does. Left off when called from other code.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if hasattr(args, "text_field") and args.text_field is None:
+        args.text_field = ["text"]
+    if args.retries < 0:
+        parser.error("--retries must be >= 0")
+    if standalone:
+        logging.basicConfig(format="%(levelname)s: %(message)s", stream=sys.stderr)
+        logging.getLogger("client").setLevel(logging.INFO if args.verbose else logging.ERROR)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (SpladeError, CommandError, OSError, ValueError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
