@@ -64,7 +64,9 @@ def test_gpu_encoder_is_a_batched_tensorrt_plan_on_gpu_instances():
     gpu = read_config(GPU_OVERLAY / "encoder" / "config.pbtxt")
     assert gpu.platform == "tensorrt_plan" and not gpu.backend
     assert gpu.instance_group and all(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in gpu.instance_group)
-    assert gpu.HasField("dynamic_batching") and gpu.dynamic_batching.max_queue_delay_microseconds > 0
+    assert gpu.HasField("dynamic_batching")
+    cpu = read_config(REPOSITORY / "encoder" / "config.pbtxt")
+    assert gpu.dynamic_batching.default_queue_policy == cpu.dynamic_batching.default_queue_policy
     # An engine takes rectangular batches only; TensorRT needs batch_input for ragged ones.
     assert not any(i.allow_ragged_batch for i in gpu.input)
 
