@@ -126,14 +126,15 @@ def cmd_encode(args: argparse.Namespace) -> int:
         batches = ((tuple(i for i, _ in chunk), [t for _, t in chunk]) for chunk in chunks)
         written = 0
         start = time.perf_counter()
-        with _client(args) as client, _progress(args, total=total, initial=min(already, total),
-                                                unit="text", desc="encode") as bar:
+        # The bar counts input records: encoded ones and skipped ones.
+        with _client(args) as client, _progress(args, total=total, unit="text", desc="encode") as bar:
             try:
                 for ids, vectors in client.encode_batches(batches, top_k=args.top_k, min_weight=args.min_weight,
                                                           return_tokens=args.tokens):
                     output.write([vector_line(i, v, args.format) for i, v in zip(ids, vectors)])
                     written += len(ids)
-                    bar.update(len(ids))
+                    bar.update(written + skipped - bar.n)
+                bar.update(written + skipped - bar.n)
             except KeyboardInterrupt:
                 bar.close()
                 print(f"interrupted: {written} new vectors written to {args.output} "

@@ -86,9 +86,10 @@ def test_encode_writes_each_record_once_in_order(capsys, tmp_path, grpc_url):
     out = tmp_path / "vectors.jsonl"
     args = ["encode", "--url", grpc_url, "--input", str(corpus), "--output", str(out), "--id-field", "_id",
             "--text-field", "title,body", "--tokens"]
-    code, stdout, _ = cli(capsys, *args)
+    code, stdout, err = cli(capsys, *args, "--progress", "on")
     assert code == 0
     assert "encoded 3 texts" in stdout and "texts/s" in stdout and "1 skipped" in stdout
+    assert "encode: 100%" in err and "4/4" in err  # the progress bar counts every record read
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["id"] for line in lines] == ["a", 7, "c"]
     with SpladeClient(grpc_url) as c:
