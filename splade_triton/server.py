@@ -30,6 +30,7 @@ import sysconfig
 import threading
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,6 +263,16 @@ class Admin:
     def is_ensemble(self, model: str) -> bool:
         return json.loads(self._call(f"/v2/models/{model}/config")).get("platform") == "ensemble"
 
+    def stub_count(self, model: str) -> int:
+        """Python-backend stub processes the loaded ``model`` runs: one per instance."""
+        config = json.loads(self._call(f"/v2/models/{model}/config"))
+        if config.get("backend") != "python":
+            return 0
+        return sum(
+            int(g.get("count", 1)) * max(1, len(g.get("gpus", [])) if g.get("kind") == "KIND_GPU" else 1)
+            for g in config.get("instance_group", [])
+        )
+
 
 # --- supervisor ----------------------------------------------------------------
 
@@ -271,8 +282,8 @@ class Supervisor(threading.Thread):
 
     This Triton build never restarts a dead stub: every later request to its
     model fails while /v2/health/ready still says ready. The supervisor
-    watches tritonserver's stub processes; when an instance of a READY model
-    has no live stub, it unloads and loads that model with the admin key
+    watches tritonserver's stub processes; when a READY model runs fewer
+    stubs than its config's instances, it unloads and loads it with the admin key
     (Triton reloads the ensembles built on it), then loads any other model
     that was READY before. It assumes nobody else reloads models meanwhile.
     """
@@ -295,43 +306,41 @@ class Supervisor(threading.Thread):
             pass
 
     def run(self) -> None:
-        # The instances each READY model runs, learnt from its stubs: an
-        # instance without a live stub is dead, even one that died before this
-        # thread saw its pid. (While a model loads, a short-lived stub named
-        # after the model, not an instance, checks its config and exits.)
-        expected: dict[str, set[str]] = {}
-        last_seen: dict[str, StubProcess] = {}
+        # Stubs each READY Python model should run, from its config: a model
+        # with fewer live stubs lost one, even one that died before this thread
+        # ever saw it. (While a model loads, a short-lived stub named after the
+        # model, not an instance, checks its config and exits: not counted.)
+        expected: dict[str, int] | None = None
+        last_pids: frozenset[int] = frozenset()
         while not self._stop.wait(self.interval_s):
             with self._busy:
                 if self._stop.is_set():
                     return
                 current = [s for s in stub_processes(self.server_pid) if s.instance != s.model]
                 self.shm_regions.update(s.shm_region for s in current)
-                last_seen.update({s.instance: s for s in current})
-                alive = {s.instance for s in current}
-                missing = {m for m, instances in expected.items() if not instances <= alive}
-                if not missing and all(s.instance in expected.get(s.model, ()) for s in current):
+                pids = frozenset(s.pid for s in current)
+                live = Counter(s.model for s in current)
+                short = {m for m, n in (expected or {}).items() if live[m] < n}
+                if expected is not None and not short and pids == last_pids:
                     continue
                 try:
                     states = self.admin.states()
+                    ready = sorted(m for m, state in states.items() if state == "READY")
+                    expected = {m: self.admin.stub_count(m) for m in ready}
                 except (OSError, ValueError):
                     continue  # not up yet, or stopping; look again next time
-                expected = {m: i for m, i in expected.items() if states.get(m) == "READY"}
-                for s in current:
-                    if states.get(s.model) == "READY":
-                        expected.setdefault(s.model, set()).add(s.instance)
-                dead = [last_seen[i] for m in sorted(missing & set(expected)) for i in sorted(expected[m] - alive)]
-                # (last_seen may hold an older pid: a stub can die unseen.)
+                last_pids = pids
+                dead = sorted(m for m in short if m in expected)
                 if dead:
                     try:
-                        self._recover(dead, states)
+                        self._recover(dead, live, expected, states)
                     except (OSError, ValueError) as e:
                         _log(f"supervisor: reloading failed: {e}")
 
-    def _recover(self, dead: list[StubProcess], before: dict[str, str]) -> None:
-        for model in sorted({s.model for s in dead}):
-            instances = ", ".join(s.instance for s in dead if s.model == model)
-            _log(f"supervisor: stub {instances} died; reloading model '{model}'")
+    def _recover(self, dead: list[str], live: Counter, expected: dict[str, int], before: dict[str, str]) -> None:
+        for model in dead:
+            _log(f"supervisor: {expected[model] - live[model]} of {expected[model]} stub(s) of model '{model}' died; "
+                 f"reloading model '{model}'")
             start = time.monotonic()
             self.admin.unload(model)
             self.admin.load(model)
@@ -361,21 +370,28 @@ def _wait_unloaded(admin: Admin, models: list[str], deadline: float, interrupted
     return False
 
 
-def drain(admin: Admin, timeout_s: float, interrupted=lambda: False) -> bool:
+def drain(admin: Admin, timeout_s: float, interrupted=lambda: False, server_pid: int | None = None) -> bool:
     """Unload every model, ensembles first; True when all went within ``timeout_s``.
 
     Triton's own shutdown stops every model at once, so an ensemble request
     in flight fails at its next step ("Server is stopping"). Unloading the
     ensembles first refuses new requests to them while the ones in flight
-    finish on the composing models, which are unloaded after.
+    finish on the composing models, which are unloaded after. A model whose
+    stub is dead never finishes unloading (this Triton build): with
+    ``server_pid`` given, such models are not waited for.
     """
     deadline = time.monotonic() + timeout_s
     loaded = [m for m, state in admin.states().items() if state == "READY"]
     ensembles = [m for m in loaded if admin.is_ensemble(m)]
-    for group in (ensembles, [m for m in loaded if m not in ensembles]):
+    others = [m for m in loaded if m not in ensembles]
+    broken = set()
+    if server_pid is not None:
+        live = Counter(s.model for s in stub_processes(server_pid) if s.instance != s.model)
+        broken = {m for m in others if live[m] < admin.stub_count(m)}
+    for group in (ensembles, others):
         for model in group:
             admin.unload(model)
-        if not _wait_unloaded(admin, group, deadline, interrupted):
+        if not _wait_unloaded(admin, [m for m in group if m not in broken], deadline, interrupted):
             return False
     return True
 
@@ -405,7 +421,8 @@ def serve(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
     Returns the exit status: 0 after a clean stop. Must run in the main thread
     (it handles SIGINT and SIGTERM).
     """
-    process = subprocess.Popen(command(options), env=environment(), preexec_fn=_die_with_parent)
+    # stdin: a process group other than the terminal's must not read from it.
+    process = subprocess.Popen(command(options), env=environment(), stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     admin = Admin(options.host, options.http_port, options.admin_key)
     supervisor = None
     if options.model_control_mode == "explicit":
@@ -440,7 +457,7 @@ def serve(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
     if process.poll() is None and options.model_control_mode == "explicit" and len(signals) == 1:
         start = time.monotonic()
         try:
-            drained = drain(admin, drain_timeout_s, interrupted=lambda: len(signals) > 1)
+            drained = drain(admin, drain_timeout_s, interrupted=lambda: len(signals) > 1, server_pid=process.pid)
         except (OSError, ValueError) as e:
             _log(f"drain failed: {e}")
         _log(f"drained in {time.monotonic() - start:.1f} s" if drained else "drain incomplete; stopping anyway")
