@@ -72,8 +72,9 @@ class TritonPythonModel:
         return ids, mask
 
     def _round(self, length):
+        # Never past max_length: a fixed-shape encoder's profile ends there.
         multiple = self.settings["pad_to_multiple_of"]
-        return -(-length // multiple) * multiple
+        return min(-(-length // multiple) * multiple, self.settings["max_length"])
 
     def execute(self, requests):
         per_request, errors, flat = [], {}, []
