@@ -98,13 +98,14 @@ def markdown(report: dict) -> str:
                 if key in s:
                     ratio = f"{s[key] / base:.2f}x" if base else ""
                     lines.append(f"| {label} | {s[key]:.1f} | {s[key] * w['gflop_per_text']:.0f} | {ratio} |")
-            lines += ["", "| perf_analyzer | texts/s | p50 ms | p99 ms | per model: texts/execution, queue ms, compute input/infer/output ms (per request) |", "|---|---|---|---|---|"]
+            lines += ["", "| perf_analyzer | texts/s | p50 ms | p99 ms | per model: texts/execution, queue ms, compute input/infer/output ms (per request) | CPU core-ms per text |", "|---|---|---|---|---|---|"]
             for key, r in w["served"].items():
                 stages = "; ".join(
                     f"{n} {v['texts_per_execution']}, {v['queue_ms']}, {'/'.join(map(str, v['compute_ms']))}"
                     for n, v in r["stages"].items() if n != "splade"
                 )
-                lines.append(f"| {key} | {r['texts_per_s']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {stages} |")
+                cpu = ", ".join(f"{n} {v:.2f}" for n, v in r.get("cpu_ms_per_text", {}).items())
+                lines.append(f"| {key} | {r['texts_per_s']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {stages} | {cpu} |")
             if "in_process" in w:
                 lines += ["", "In process (texts/s): " + ", ".join(f"{k} {v}" for k, v in w["in_process"].items()) + "."]
             lines.append("")

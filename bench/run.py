@@ -107,9 +107,12 @@ def prepare_repository(name: str, model_dir: Path) -> Path:
     if name == "splade-tiny":
         return ROOT / "model_repository"
     repository = BUILD / name / "model_repository"
+    # Configs and model code always as committed; only the export is cached.
+    shutil.copytree(
+        ROOT / "model_repository", repository, dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("*.onnx", "tokenizer*.json", "export_info.json", "__pycache__"),
+    )
     if not (repository / "encoder" / "1" / "model.onnx").is_file():
-        shutil.rmtree(repository, ignore_errors=True)
-        shutil.copytree(ROOT / "model_repository", repository, ignore=shutil.ignore_patterns("*.onnx", "tokenizer*.json", "export_info.json"))
         subprocess.run(
             [sys.executable, str(ROOT / "export" / "export_onnx.py"), "--model", str(model_dir), "--repository", str(repository)],
             check=True,
@@ -276,6 +279,21 @@ class Served:
         self.log.close()
 
 
+def cpu_seconds(served: "Served") -> dict[str, float]:
+    """CPU time (user + system) so far of tritonserver and of each model's stubs."""
+    from splade_triton.server import stub_processes
+
+    def seconds(pid: int) -> float:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    out = {"tritonserver": seconds(served.process.pid)}
+    for stub in stub_processes(served.process.pid):
+        out[stub.model] = out.get(stub.model, 0.0) + seconds(stub.pid)
+    return out
+
+
 def stage_figures(before: dict, after: dict) -> dict:
     """Per model: texts per execution; per request, mean queue time and the mean
     duration of the execution that served it (Triton counts compute per request)."""
@@ -306,22 +324,38 @@ def run_perf_analyzer(pa: tuple[Path, dict], served: Served, protocol: str, data
                 f"--measurement-interval={interval_ms}", f"--stability-percentage={threshold}", "--max-trials=6",
                 "-f", report.name,
             ]
-            before = served.stats()
+            before, cpu_before, client_before = served.stats(), cpu_seconds(served), _children_cpu()
             result = subprocess.run(args, env=env, capture_output=True, text=True)
-            after = served.stats()
+            after, cpu_after, client_after = served.stats(), cpu_seconds(served), _children_cpu()
             if result.returncode == 0:
                 row = next(csv.DictReader(open(report.name)))
+                texts = max(after["splade"]["inferences"] - before["splade"]["inferences"], 1)
                 break
     else:
         raise SystemExit(f"perf_analyzer failed:\n{' '.join(args)}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
-    return {
+    figures = {
         "command": " ".join(["perf_analyzer", *args[1:-2]]),
         "stability_percentage": threshold,
         "texts_per_s": float(row["Inferences/Second"]),
         "p50_ms": int(row["p50 latency"]) / 1000,
         "p99_ms": int(row["p99 latency"]) / 1000,
         "stages": stage_figures(before, after),
+        # Where the machine's CPU went during the whole perf_analyzer run (its
+        # warm-up and every window): core-milliseconds per text served.
+        "cpu_ms_per_text": {
+            **{k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after},
+            "perf_analyzer": client_after - client_before,
+        },
     }
+    figures["cpu_ms_per_text"] = {k: round(v * 1000 / texts, 3) for k, v in figures["cpu_ms_per_text"].items()}
+    return figures
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --------------------------------------------------------------------------- report
