@@ -109,6 +109,24 @@ def markdown(report: dict) -> str:
             if "in_process" in w:
                 lines += ["", "In process (texts/s): " + ", ".join(f"{k} {v}" for k, v in w["in_process"].items()) + "."]
             lines.append("")
+    int8_rows = [(n, k, w["int8"]) for n, model in report["models"].items() for k, w in model.items() if "int8" in w]
+    if int8_rows:
+        lines += [
+            "## int8 dynamic quantization (opt-in candidate)",
+            "",
+            "ONNX Runtime dynamic quantization of the fused graph (`bench/int8.py`), in process, same texts and",
+            "threads. Recall: share of each text's fp32 top-50 non-zero terms also in the int8 top-50. The project",
+            "ships it only at recall >= 0.98. Recall on the random-weight model says little about a trained one.",
+            "",
+            "| model | workload | fp32 texts/s | int8 texts/s | speed-up | recall top-50 | max abs diff | kept |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {n} | {k} | {q['fp32_texts_per_s']} | {q['int8_texts_per_s']} | {q['speedup']}x | {q['recall_top50']} | "
+            f"{q['max_abs_diff']} | {'yes' if q['kept'] else 'no'} |"
+            for n, k, q in int8_rows
+        ]
+        lines.append("")
     example = next(iter(next(iter(report["models"].values())).values()))["served"]
     lines += [
         "## Commands",
