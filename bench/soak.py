@@ -41,7 +41,7 @@ from tokenizers import Tokenizer
 from tritonclient.utils import InferenceServerException
 
 from bench import workloads
-from splade_triton.server import ADMIN_KEY_ENV, stub_processes
+from splade_triton.server import ADMIN_KEY_ENV, launched_tritonserver, stub_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = {"grpc": grpcclient, "http": httpclient}
@@ -97,12 +97,10 @@ class Service:
         raise SystemExit("the server did not become ready")
 
     def tritonserver_pid(self) -> int:
-        for tid in os.listdir(f"/proc/{self.process.pid}/task"):
-            with open(f"/proc/{self.process.pid}/task/{tid}/children") as f:
-                for child in f.read().split():
-                    if os.readlink(f"/proc/{child}/exe").endswith("/tritonserver"):
-                        return int(child)
-        raise SystemExit("no tritonserver under the launcher")
+        pid = launched_tritonserver(self.process.pid)
+        if pid is None:
+            raise SystemExit("no tritonserver under the launcher")
+        return pid
 
     def memory(self) -> dict:
         """RSS (KiB) of tritonserver and each stub; bytes of the stubs' /dev/shm regions."""

@@ -45,6 +45,7 @@ __all__ = [
     "Supervisor",
     "command",
     "environment",
+    "launched_tritonserver",
     "prepare",
     "serve",
     "stub_processes",
@@ -197,6 +198,17 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def launched_tritonserver(launcher_pid: int) -> int | None:
+    """The pid of the tritonserver that a launcher process runs, if any."""
+    for child in _children(launcher_pid):
+        try:
+            if os.readlink(f"/proc/{child}/exe").endswith("/tritonserver"):
+                return child
+        except OSError:
+            continue
+    return None
 
 
 def _is_zombie(pid: int) -> bool:

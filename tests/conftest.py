@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from splade_triton import reference
-from splade_triton.server import ADMIN_KEY_ENV, ServerOptions, stub_processes
+from splade_triton.server import ADMIN_KEY_ENV, ServerOptions, launched_tritonserver, stub_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = ROOT / "model_repository"
@@ -94,12 +94,10 @@ class Server:
 
     def tritonserver_pid(self) -> int:
         """The launcher's tritonserver child."""
-        for tid in os.listdir(f"/proc/{self.process.pid}/task"):
-            with open(f"/proc/{self.process.pid}/task/{tid}/children") as f:
-                for child in f.read().split():
-                    if os.readlink(f"/proc/{child}/exe").endswith("/tritonserver"):
-                        return int(child)
-        raise RuntimeError("the launcher has no tritonserver child")
+        pid = launched_tritonserver(self.process.pid)
+        if pid is None:
+            raise RuntimeError("the launcher has no tritonserver child")
+        return pid
 
     def stubs(self):
         """The live Python-backend stub processes (splade_triton.server.StubProcess)."""
