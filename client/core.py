@@ -538,13 +538,21 @@ class _LoopThread:
             tasks.append(task)
             task.add_done_callback(settle)
 
-        self.loop.call_soon_threadsafe(start)
         try:
+            self.loop.call_soon_threadsafe(start)
             return result.result()
         except BaseException:
-            # Interrupted while waiting (Ctrl-C): cancel the work in the loop and
-            # let it unwind before anything else runs there.
-            self.loop.call_soon_threadsafe(lambda: tasks and tasks[0].cancel())
+            # Interrupted (Ctrl-C), possibly inside call_soon_threadsafe itself:
+            # cancel the work in the loop and let it unwind before anything else
+            # runs there. Callbacks run in order, so if start() was queued it
+            # has run by now; if it was not, there is nothing to wait for.
+            def cancel() -> None:
+                if tasks:
+                    tasks[0].cancel()
+                else:
+                    finished.set()
+
+            self.loop.call_soon_threadsafe(cancel)
             finished.wait(10)
             raise
 

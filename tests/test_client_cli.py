@@ -145,7 +145,10 @@ def test_encode_is_resumable_after_sigkill_and_sigint(tmp_path, grpc_url):
     with open(out, "ab") as f:
         f.write(b'{"id":"doc-999999","indices":[1,2')
 
-    second = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that runs the suite as a background job leaves SIGINT ignored, and
+    # Python then keeps it ignored: give the CLI the disposition a terminal would.
+    second = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_lines(out, len(after_kill) + 100, second)
     interrupted_at = time.monotonic()
     second.send_signal(signal.SIGINT)
