@@ -334,7 +334,10 @@ def run_perf_analyzer(pa: tuple[Path, dict], served: Served, protocol: str, data
     else:
         raise SystemExit(f"perf_analyzer failed:\n{' '.join(args)}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
     figures = {
-        "command": " ".join(["perf_analyzer", *args[1:-2]]),
+        # Recorded without this machine's paths and ports.
+        "command": " ".join(["perf_analyzer", *args[1:-2]])
+        .replace(str(ROOT) + "/", "")
+        .replace(served.url(protocol), f"127.0.0.1:{'HTTP_PORT' if protocol == 'http' else 'GRPC_PORT'}"),
         "stability_percentage": threshold,
         "texts_per_s": float(row["Inferences/Second"]),
         "p50_ms": int(row["p50 latency"]) / 1000,
