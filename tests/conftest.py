@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -122,16 +124,30 @@ class Server:
             return r.read().decode()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    if not (REPOSITORY / "encoder" / "1" / "model.onnx").is_file():
-        pytest.fail("model_repository has no model.onnx: run script/setup")
-    srv = Server(REPOSITORY, tmp_path_factory.mktemp("triton") / "server.log")
+@contextmanager
+def running(repository: Path, log_path: Path, **kwargs):
+    """A ready Server on ``repository``, stopped on exit."""
+    srv = Server(repository, log_path, **kwargs)
     try:
         srv.wait_ready()
         yield srv
     finally:
         srv.stop()
+
+
+def copy_repository(parent: Path) -> Path:
+    """A copy of the project's model repository under ``parent``, to edit."""
+    repository = parent / "model_repository"
+    shutil.copytree(REPOSITORY, repository, ignore=shutil.ignore_patterns("__pycache__"))
+    return repository
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    if not (REPOSITORY / "encoder" / "1" / "model.onnx").is_file():
+        pytest.fail("model_repository has no model.onnx: run script/setup")
+    with running(REPOSITORY, tmp_path_factory.mktemp("triton") / "server.log") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

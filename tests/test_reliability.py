@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -23,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 from splade_triton.server import ADMIN_HEADER
 from tests import triton
-from tests.conftest import REPOSITORY, Server
+from tests.conftest import REPOSITORY, Server, copy_repository, running
 
 QUERY = "what is the capital of france"
 PASSAGE = " ".join(["the quick brown fox jumps over the lazy dog near the river bank"] * 30)  # ~400 tokens
@@ -40,12 +39,6 @@ def assert_serving(protocol, server):
     assert c.is_server_ready() and c.is_model_ready("splade")
     out = triton.encode(protocol, c, [QUERY], outputs=("tokens",))
     assert out["tokens"][0, :2].tolist() == [b"capital", b"france"]
-
-
-def copy_repository(tmp_path: Path) -> Path:
-    repository = tmp_path / "model_repository"
-    shutil.copytree(REPOSITORY, repository, ignore=shutil.ignore_patterns("__pycache__"))
-    return repository
 
 
 def repository_index(server: Server) -> list[dict]:
@@ -127,12 +120,8 @@ def small_queue_server(tmp_path_factory):
     text = config.read_text()
     assert "max_queue_size: 128" in text
     config.write_text(text.replace("max_queue_size: 128", "max_queue_size: 2"))
-    srv = Server(repository, repository.parent / "server.log")
-    try:
-        srv.wait_ready()
+    with running(repository, repository.parent / "server.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_overload_is_refused_fast_and_clearly(small_queue_server):
@@ -160,22 +149,14 @@ def test_overload_is_refused_fast_and_clearly(small_queue_server):
 
 @pytest.fixture
 def own_server(tmp_path):
-    srv = Server(REPOSITORY, tmp_path / "server.log")
-    try:
-        srv.wait_ready()
+    with running(REPOSITORY, tmp_path / "server.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
 def stub_server(tmp_path_factory):
-    srv = Server(REPOSITORY, tmp_path_factory.mktemp("stubs") / "server.log")
-    try:
-        srv.wait_ready()
+    with running(REPOSITORY, tmp_path_factory.mktemp("stubs") / "server.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def stub_of(server: Server, model: str):

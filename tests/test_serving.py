@@ -10,6 +10,7 @@ import pytest
 
 from splade_triton.texts import VARIED_TEXTS
 from tests import triton
+from tests.conftest import copy_repository, running
 
 PROTOCOLS = ["http", "grpc"]
 
@@ -145,23 +146,14 @@ def encoder_counts(server) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def batch_padded_server(tmp_path_factory):
     """The repository with the tokenizer set up for a fixed-shape (GPU) encoder."""
-    import shutil
-
-    from tests.conftest import REPOSITORY, Server
-
-    repository = tmp_path_factory.mktemp("batch-padding") / "model_repository"
-    shutil.copytree(REPOSITORY, repository)
+    repository = copy_repository(tmp_path_factory.mktemp("batch-padding"))
     config = repository / "tokenizer" / "config.pbtxt"
     text = config.read_text()
     text = text.replace('"padding", value: { string_value: "request" }', '"padding", value: { string_value: "batch" }')
     text = text.replace('"pad_to_multiple_of", value: { string_value: "1" }', '"pad_to_multiple_of", value: { string_value: "8" }')
     config.write_text(text)
-    srv = Server(repository, repository.parent / "server.log")
-    try:
-        srv.wait_ready()
+    with running(repository, repository.parent / "server.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_batch_padding_for_fixed_shape_encoders(batch_padded_server, reference_encode, vocab_size):
