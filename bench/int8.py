@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from splade_triton.splade import activate
+from splade_triton.serving.splade import activate
 
 
 def quantize(src: Path, dst: Path) -> Path:

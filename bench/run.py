@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from bench import flops, workloads
-from splade_triton.server import ServerOptions, command, environment
-from splade_triton.splade import activate
+from splade_triton.launcher.server import ServerOptions, command, environment
+from splade_triton.serving.splade import activate
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "bench"
@@ -124,10 +124,8 @@ def unfused_onnx(name: str, model_dir: Path) -> Path:
     """The same model exported without the pooling: [batch, seq, vocab] logits out."""
     path = BUILD / name / "unfused.onnx"
     if not path.is_file():
-        sys.path.insert(0, str(ROOT / "export"))
-        from export_onnx import export
-
-        from splade_triton import reference
+        from export.export_onnx import export
+        from splade_triton.artifacts import reference
 
         path.parent.mkdir(parents=True, exist_ok=True)
         export(reference.load(str(model_dir))[1], path, opset=18, pooled=False)
@@ -281,7 +279,7 @@ class Served:
 
 def cpu_seconds(served: "Served") -> dict[str, float]:
     """CPU time (user + system) so far of tritonserver and of each model's stubs."""
-    from splade_triton.server import stub_processes
+    from splade_triton.launcher.server import stub_processes
 
     def seconds(pid: int) -> float:
         with open(f"/proc/{pid}/stat") as f:

@@ -41,7 +41,7 @@ from tokenizers import Tokenizer
 from tritonclient.utils import InferenceServerException
 
 from bench import workloads
-from splade_triton.server import ADMIN_KEY_ENV, launched_tritonserver, stub_processes
+from splade_triton.launcher.server import ADMIN_KEY_ENV, launched_tritonserver, stub_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = {"grpc": grpcclient, "http": httpclient}
@@ -73,7 +73,7 @@ class Service:
     def __init__(self, repository: Path, log_path: Path):
         self.http_port, self.grpc_port, metrics_port = free_port(), free_port(), free_port()
         self.log = open(log_path, "wb")
-        args = [sys.executable, "-m", "splade_triton.server", "--model-repository", str(repository),
+        args = [sys.executable, "-m", "splade_triton.launcher.server", "--model-repository", str(repository),
                 "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
                 "--metrics-port", str(metrics_port)]
         env = {**os.environ, ADMIN_KEY_ENV: secrets.token_urlsafe(16)}

@@ -20,7 +20,7 @@ if [ -z "${SPLADE_UNDER_NV_ENTRYPOINT:-}" ] && [ -x /opt/nvidia/nvidia_entrypoin
 fi
 
 repository=/opt/splade/repository
-prepare=(python3 -m splade_triton.engine prepare
+prepare=(python3 -m splade_triton.artifacts.engine prepare
   --engines "${SPLADE_ENGINE_DIR:-/engines}"
   --output "$repository"
   --precision "${SPLADE_PRECISION:-fp16}"
@@ -39,8 +39,8 @@ args=(--model-repository="$repository"
   --backend-config=python,shm-default-byte-size=16777216
   --backend-config=python,shm-growth-byte-size=16777216)
 if [ -n "${SPLADE_ADMIN_KEY:-}" ]; then
-  # The same APIs and header as the CPU launcher (splade_triton.server).
-  restricted=$(python3 -c 'import os; from splade_triton.server import ADMIN_HEADER, RESTRICTED_APIS; print(",".join(RESTRICTED_APIS) + ":" + ADMIN_HEADER + "=" + os.environ["SPLADE_ADMIN_KEY"])')
+  # The same APIs and header as the CPU launcher (splade_triton.launcher.server).
+  restricted=$(python3 -c 'import os; from splade_triton.launcher.server import ADMIN_HEADER, RESTRICTED_APIS; print(",".join(RESTRICTED_APIS) + ":" + ADMIN_HEADER + "=" + os.environ["SPLADE_ADMIN_KEY"])')
   args+=(--http-restricted-api="$restricted" --grpc-restricted-protocol="$restricted")
   unset SPLADE_ADMIN_KEY  # the models have no use for it
 fi

@@ -12,7 +12,7 @@ kept in FP32; ``--precision fp32`` for a full-FP32 engine (TF32 off unless
 Writes ``<output>`` and ``<output>.json``, the provenance: TensorRT version,
 GPU name and compute capability, profile, precision, the ONNX file's hash.
 A plan runs only on the TensorRT release and GPU family that built it;
-``python -m splade_triton.engine check`` refuses any other.
+``python -m splade_triton.artifacts.engine check`` refuses any other.
 
 Needs the ``tensorrt`` Python package and a CUDA GPU (the GPU image has
 both); without them it exits at once, status 3, with one line saying what
@@ -36,9 +36,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from splade_triton.engine import (  # noqa: E402
+from splade_triton.artifacts.engine import (
     DEFAULT_FP32_GROUPS,
     EXIT_UNAVAILABLE,
     FP32_GROUPS,
@@ -52,8 +51,8 @@ from splade_triton.engine import (  # noqa: E402
     provenance_path,
     select_fp32_layers,
 )
-from splade_triton.repository import GPU_OVERLAY, SOURCE, model_configs  # noqa: E402
-from splade_triton.shapes import ENCODER_INPUTS, Shapes, engine_profile  # noqa: E402
+from splade_triton.artifacts.repository import GPU_OVERLAY, SOURCE, model_configs
+from splade_triton.artifacts.shapes import ENCODER_INPUTS, Shapes, engine_profile
 
 OUTPUT = "pooled_logits"
 

@@ -39,14 +39,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "export"))
 
-from splade_triton.engine import EXIT_UNAVAILABLE, missing_message  # noqa: E402
-from splade_triton.numerics import compare_weights, validation_texts  # noqa: E402
-from splade_triton.repository import GPU_OVERLAY, SOURCE, model_configs  # noqa: E402
-from splade_triton.shapes import Shapes  # noqa: E402
-from splade_triton.splade import activate  # noqa: E402
+from splade_triton.artifacts.engine import EXIT_UNAVAILABLE, missing_message
+from splade_triton.artifacts.numerics import compare_weights, validation_texts
+from splade_triton.artifacts.repository import GPU_OVERLAY, SOURCE, model_configs
+from splade_triton.artifacts.shapes import Shapes
+from splade_triton.serving.splade import activate
 
 MODES = ("fp32", "fp16-engine-like", "fp16-autocast", "fp16-naive")
 
@@ -77,7 +75,7 @@ class PooledEncoder:
     def __init__(self, mlm, device: str, mode: str):
         import torch
 
-        from export_onnx import _without_decoder
+        from export.export_onnx import _without_decoder
 
         self.torch, self.mode, self.device = torch, mode, device
         self.mlm = mlm.to(device)
@@ -190,7 +188,7 @@ def main() -> None:
     import torch
     from tokenizers import Tokenizer
 
-    from splade_triton import reference
+    from splade_triton.artifacts import reference
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

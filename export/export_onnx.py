@@ -10,10 +10,13 @@ inside ONNX Runtime.
 
 The exported graph is checked against the reference (transformers, literal
 SPLADE formula) on varied texts; the script fails when the max abs difference
-exceeds the tolerance or the sets of non-zero terms differ. Then the .onnx
-and the tokenizer files are installed into the model repository.
+exceeds the tolerance or the sets of non-zero terms differ. Then the exported
+model directory is written (all at once: nothing half-written is left):
+model.onnx, the tokenizer files and export_info.json. A pipeline spec
+(pipelines/*.toml) names that directory; the repository assembly copies the
+files into the model folders.
 
-    python export/export_onnx.py --model models/splade-tiny
+    python export/export_onnx.py --model models/splade-tiny --output build/models/splade-tiny
     python export/export_onnx.py --model naver/splade-v3   # where the hub is reachable
 """
 
@@ -30,11 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from splade_triton import reference  # noqa: E402
-from splade_triton.splade import activate  # noqa: E402
-from splade_triton.texts import VARIED_TEXTS  # noqa: E402
+from splade_triton.artifacts import reference
+from splade_triton.serving.splade import activate
+from splade_triton.artifacts.texts import VARIED_TEXTS
 
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "pooled_logits"
@@ -143,20 +145,34 @@ def validate(onnx_path: Path, tokenizer, mlm, texts, max_length: int, tolerance:
     return report
 
 
-def install(repository: Path, onnx_path: Path, tokenizer_dir: Path, info: dict) -> None:
-    encoder = repository / "encoder" / "1"
-    shutil.copyfile(onnx_path, encoder / "model.onnx")
-    for model in ("tokenizer", "sparsify"):
-        shutil.copyfile(tokenizer_dir / "tokenizer.json", repository / model / "1" / "tokenizer.json")
-    shutil.copyfile(tokenizer_dir / "tokenizer_config.json", repository / "tokenizer" / "1" / "tokenizer_config.json")
-    (encoder / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"installed model.onnx and tokenizer files into {repository}")
+def write_exported(output: Path, onnx_path: Path, tokenizer_dir: Path, info: dict) -> None:
+    """Write the exported model directory: built beside ``output``, then renamed into place."""
+    output = output.resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        shutil.copyfile(onnx_path, staging / "model.onnx")
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copyfile(tokenizer_dir / name, staging / name)
+        (staging / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
+        if output.exists():
+            old = output.with_name(f".{output.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            output.rename(old)
+            staging.rename(output)
+            shutil.rmtree(old)
+        else:
+            staging.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote model.onnx, tokenizer files and export_info.json to {output}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="models/splade-tiny", help="local directory or Hugging Face hub id")
-    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--output", type=Path, default=None,
+                        help="exported model directory (default: build/models/<model directory name>)")
     parser.add_argument("--max-length", type=int, default=512, help="truncation length used in validation")
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed in validation")
@@ -178,7 +194,8 @@ def main() -> None:
             "vocab_size": int(mlm.config.vocab_size),
             "validation": report,
         }
-        install(args.repository, onnx_path, tmp / "tokenizer", info)
+        output = args.output or Path("build/models") / Path(args.model).name
+        write_exported(output, onnx_path, tmp / "tokenizer", info)
 
 
 if __name__ == "__main__":

@@ -32,13 +32,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from splade_triton.engine import EXIT_UNAVAILABLE, Unavailable, missing_message, probe_gpu, provenance_path  # noqa: E402
-from splade_triton.numerics import compare_weights, validation_texts  # noqa: E402
-from splade_triton.repository import GPU_OVERLAY, SOURCE, model_configs  # noqa: E402
-from splade_triton.shapes import Shapes  # noqa: E402
-from splade_triton.splade import activate  # noqa: E402
+from splade_triton.artifacts.engine import EXIT_UNAVAILABLE, Unavailable, missing_message, probe_gpu, provenance_path
+from splade_triton.artifacts.numerics import compare_weights, validation_texts
+from splade_triton.artifacts.repository import GPU_OVERLAY, SOURCE, model_configs
+from splade_triton.artifacts.shapes import Shapes
+from splade_triton.serving.splade import activate
 
 OUTPUT = "pooled_logits"
 _H2D, _D2H = 1, 2

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splade_triton import reference
-from splade_triton.server import ADMIN_KEY_ENV, ServerOptions, launched_tritonserver, stub_processes
+from splade_triton.artifacts import reference
+from splade_triton.artifacts.repository import Pipeline, assemble, default_pipelines
+from splade_triton.launcher.server import ADMIN_KEY_ENV, ServerOptions, launched_tritonserver, stub_processes
 
 ROOT = Path(__file__).resolve().parents[1]
-REPOSITORY = ROOT / "model_repository"
 MODEL_DIR = ROOT / "models" / "splade-tiny"
 
 
@@ -32,7 +32,7 @@ def free_port() -> int:
 
 
 class Server:
-    """The launcher (``python -m splade_triton.server``) serving a repository on 127.0.0.1.
+    """The launcher (``python -m splade_triton.launcher``) serving a repository on 127.0.0.1.
 
     ``process`` is the launcher; tritonserver runs as its child, beside the
     launcher's stub supervisor. ``admin_key`` opens the restricted APIs.
@@ -52,7 +52,7 @@ class Server:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         args = [
-            sys.executable, "-m", "splade_triton.server",
+            sys.executable, "-m", "splade_triton.launcher.server",
             "--model-repository", str(repository),
             "--http-port", str(self.options.http_port),
             "--grpc-port", str(self.options.grpc_port),
@@ -102,7 +102,7 @@ class Server:
         return pid
 
     def stubs(self):
-        """The live Python-backend stub processes (splade_triton.server.StubProcess)."""
+        """The live Python-backend stub processes (splade_triton.launcher.server.StubProcess)."""
         return stub_processes(self.tritonserver_pid())
 
     def send_signal(self, signum: int = signal.SIGTERM) -> None:
@@ -135,18 +135,34 @@ def running(repository: Path, log_path: Path, **kwargs):
         srv.stop()
 
 
-def copy_repository(parent: Path) -> Path:
-    """A copy of the project's model repository under ``parent``, to edit."""
-    repository = parent / "model_repository"
-    shutil.copytree(REPOSITORY, repository, ignore=shutil.ignore_patterns("__pycache__"))
-    return repository
+def default_pipeline() -> Pipeline:
+    """The `splade` pipeline as pipelines/splade.toml specifies it."""
+    return next(p for p in default_pipelines() if p.name == "splade")
+
+
+def assemble_variant(parent: Path, **steps: dict) -> Path:
+    """The default repository with more settings per step, assembled under ``parent``.
+
+    ``steps``: step -> {"parameters": {...}, "config": "<config.pbtxt text>"},
+    as a pipeline spec sets them.
+    """
+    pipeline = default_pipeline()
+    for step, settings in steps.items():
+        pipeline = pipeline.with_step(step, settings.get("parameters"), settings.get("config"))
+    return assemble(parent / "model_repository", [pipeline])
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    if not (REPOSITORY / "encoder" / "1" / "model.onnx").is_file():
-        pytest.fail("model_repository has no model.onnx: run script/setup")
-    with running(REPOSITORY, tmp_path_factory.mktemp("triton") / "server.log") as srv:
+def repository(tmp_path_factory) -> Path:
+    """The default repository (pipelines/*.toml), assembled for this test session."""
+    if not (default_pipeline().model / "model.onnx").is_file():
+        pytest.fail("the default model is not exported: run script/setup")
+    return assemble(tmp_path_factory.mktemp("repository") / "model_repository")
+
+
+@pytest.fixture(scope="session")
+def server(repository, tmp_path_factory):
+    with running(repository, tmp_path_factory.mktemp("triton") / "server.log") as srv:
         yield srv
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from splade_triton.batching import plan_chunks
+from splade_triton.serving.batching import plan_chunks
 
 
 def test_short_texts_are_not_padded_to_a_long_one():

@@ -34,7 +34,7 @@ from client import (
 )
 from client.corpus import VectorsFile, vector_line
 from client.evaluate import measure_run
-from splade_triton.texts import VARIED_TEXTS
+from splade_triton.artifacts.texts import VARIED_TEXTS
 from tests import triton
 from tests.conftest import REPOSITORY, Server, free_port
 

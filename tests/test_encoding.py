@@ -5,8 +5,8 @@ import onnxruntime as ort
 import pytest
 
 from bench.workloads import load_tokenizer
-from splade_triton.encoding import RaggedEncoder
-from splade_triton.texts import VARIED_TEXTS
+from splade_triton.serving.encoding import RaggedEncoder
+from splade_triton.artifacts.texts import VARIED_TEXTS
 from tests.conftest import REPOSITORY
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from splade_triton.splade import activate
-from splade_triton.texts import VARIED_TEXTS
+from splade_triton.serving.splade import activate
+from splade_triton.artifacts.texts import VARIED_TEXTS
 from tests.conftest import MODEL_DIR, REPOSITORY, ROOT
 
 

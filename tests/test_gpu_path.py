@@ -20,8 +20,8 @@ import pytest
 import yaml
 from tritonclient.grpc import model_config_pb2 as mc
 
-from splade_triton import engine
-from splade_triton.engine import (
+from splade_triton.artifacts import engine
+from splade_triton.artifacts.engine import (
     EXIT_UNAVAILABLE,
     Layer,
     decode_tensorrt_version,
@@ -30,10 +30,10 @@ from splade_triton.engine import (
     plan_problems,
     select_fp32_layers,
 )
-from splade_triton.numerics import compare_weights, top_terms, validation_texts
-from splade_triton.repository import GPU_OVERLAY, assemble, model_configs
-from splade_triton.shapes import Shapes, engine_profile, read_config
-from splade_triton.texts import VARIED_TEXTS
+from splade_triton.artifacts.numerics import compare_weights, top_terms, validation_texts
+from splade_triton.artifacts.repository import GPU_OVERLAY, assemble, model_configs
+from splade_triton.artifacts.shapes import Shapes, engine_profile, read_config
+from splade_triton.artifacts.texts import VARIED_TEXTS
 from tests.conftest import REPOSITORY, ROOT, Server
 
 EXPORT = ROOT / "export"
@@ -370,7 +370,7 @@ def test_gpu_tokenizer_and_sparsify_configs_serve_the_same_vectors(tmp_path):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        from splade_triton.splade import activate
+        from splade_triton.serving.splade import activate
 
         tokenizer = Tokenizer.from_file(str(REPOSITORY / "tokenizer" / "1" / "tokenizer.json"))
         tokenizer.no_padding()
@@ -434,8 +434,8 @@ def test_without_a_gpu_the_build_says_so(tmp_path):
 def test_without_a_gpu_the_serve_time_tools_exit_with_one_line(tmp_path):
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"")
-    for args in (["-m", "splade_triton.engine", "check", "--plan", plan],
-                 ["-m", "splade_triton.engine", "prepare", "--engines", tmp_path / "e", "--output", tmp_path / "r"]):
+    for args in (["-m", "splade_triton.artifacts.engine", "check", "--plan", plan],
+                 ["-m", "splade_triton.artifacts.engine", "prepare", "--engines", tmp_path / "e", "--output", tmp_path / "r"]):
         result = run_tool(*args)
         assert result.returncode == EXIT_UNAVAILABLE, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -469,7 +469,7 @@ def test_engine_builds_validates_and_passes_the_serve_check(tmp_path):
     assert validated.returncode == 0, validated.stdout + validated.stderr[-3000:]
     assert json.loads((tmp_path / "model.plan.json").read_text())["validation"]["topk_recall"] >= 0.99
     if shutil.which("tritonserver") or Path("/opt/tritonserver").is_dir():
-        checked = run_tool("-m", "splade_triton.engine", "check", "--plan", plan)
+        checked = run_tool("-m", "splade_triton.artifacts.engine", "check", "--plan", plan)
         assert checked.returncode == 0, checked.stderr
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from splade_triton.params import Param, RequestOptions, parse_request_options, read_model_parameters
+from splade_triton.serving.params import Param, RequestOptions, parse_request_options, read_model_parameters
 
 SPEC = {"n": Param(int, 3, lambda v: v >= 1, "an integer >= 1"), "flag": Param(bool, False)}
 DEFAULTS = RequestOptions(top_k=0, min_weight=0.0)

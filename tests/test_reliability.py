@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from splade_triton.server import ADMIN_HEADER
+from splade_triton.launcher.server import ADMIN_HEADER
 from tests import triton
 from tests.conftest import REPOSITORY, Server, copy_repository, running
 

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
-from splade_triton.server import ADMIN_HEADER, GRPC_ADMIN_HEADER
+from splade_triton.launcher.server import ADMIN_HEADER, GRPC_ADMIN_HEADER
 from tests import triton
 from tests.conftest import REPOSITORY, Server
 

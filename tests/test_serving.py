@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from splade_triton.texts import VARIED_TEXTS
+from splade_triton.artifacts.texts import VARIED_TEXTS
 from tests import triton
 from tests.conftest import copy_repository, running
 

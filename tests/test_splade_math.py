@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from splade_triton.splade import activate, reference_splade, sparsify
+from splade_triton.serving.splade import activate, reference_splade, sparsify
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
-from splade_triton.params import Param, RequestOptions, parse_request_options, read_model_parameters
-from splade_triton.splade import activate, sparsify
+from splade_triton.serving.params import Param, RequestOptions, parse_request_options, read_model_parameters
+from splade_triton.serving.splade import activate, sparsify
 
 PARAMETERS = {
     "top_k": Param(int, 0, lambda v: v >= 0, "an integer >= 0"),
@@ -42,13 +42,20 @@ class TritonPythonModel:
         except ValueError as e:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
         pooled = pb_utils.get_input_tensor_by_name(request, "pooled_logits").as_numpy()
-        sparse = sparsify(pooled, top_k=options.top_k, min_weight=options.min_weight)
-        outputs = [
-            pb_utils.Tensor("indices", sparse.indices),
-            pb_utils.Tensor("values", sparse.values),
-            pb_utils.Tensor("tokens", self.terms[sparse.indices]),
-            pb_utils.Tensor("embedding", activate(pooled)),
-        ]
+        # Only what this request's ensemble maps: the sparse outputs for
+        # <name>, the vocabulary-wide vector for <name>_embedding.
+        wanted = set(request.requested_output_names())
+        outputs = []
+        if wanted & {"indices", "values", "tokens"}:
+            sparse = sparsify(pooled, top_k=options.top_k, min_weight=options.min_weight)
+            outputs += [
+                pb_utils.Tensor("indices", sparse.indices),
+                pb_utils.Tensor("values", sparse.values),
+                pb_utils.Tensor("tokens", self.terms[sparse.indices]),
+            ]
+        if "embedding" in wanted:
+            outputs.append(pb_utils.Tensor("embedding", activate(pooled)))
+        outputs = [t for t in outputs if t.name() in wanted]
         return pb_utils.InferenceResponse(output_tensors=outputs)
 
     def execute(self, requests):

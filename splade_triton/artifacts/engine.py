@@ -8,7 +8,7 @@
 - which layers stay in FP32 in an FP16 engine (``select_fp32_layers``), a
   pure function over a layer graph, so the rule is tested on the real ONNX
   graph without TensorRT;
-- ``python -m splade_triton.engine prepare``: the GPU image's start-up step
+- ``python -m splade_triton.artifacts.engine prepare``: the GPU image's start-up step
   (find or build the plan for this GPU, assemble the repository).
 """
 
@@ -458,8 +458,8 @@ def _check(args) -> int:
 
 def _prepare(args) -> int:
     """Find or build the plan for this GPU, then assemble the GPU repository."""
-    from splade_triton.repository import assemble, model_configs
-    from splade_triton.shapes import Shapes, engine_profile
+    from splade_triton.artifacts.repository import assemble, model_configs
+    from splade_triton.artifacts.shapes import Shapes, engine_profile
 
     try:
         runtime = _runtime()

@@ -11,7 +11,7 @@ beside a supervisor thread that reloads a model whose Python-backend stub
 process died (this Triton build never restarts one), and SIGTERM / Ctrl-C
 drain in-flight requests before tritonserver stops.
 
-    python -m splade_triton.server --model-repository model_repository
+    python -m splade_triton.launcher.server --model-repository model_repository
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
 
-from splade_triton.params import Param, RequestOptions, parse_request_options, read_model_parameters
+from splade_triton.serving.params import Param, RequestOptions, parse_request_options, read_model_parameters
 
 PARAMETERS = {
     "max_length": Param(int, 512, lambda v: v >= 2, "an integer >= 2"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from splade_triton.batching import plan_chunks
+from splade_triton.serving.batching import plan_chunks
 
 __all__ = ["RaggedEncoder"]
 

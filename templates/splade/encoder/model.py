@@ -8,8 +8,8 @@ import os
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from splade_triton.encoding import RaggedEncoder
-from splade_triton.params import Param, read_model_parameters
+from splade_triton.serving.encoding import RaggedEncoder
+from splade_triton.serving.params import Param, read_model_parameters
 
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from splade_triton.texts import VARIED_TEXTS
+from splade_triton.artifacts.texts import VARIED_TEXTS
 
 __all__ = ["compare_weights", "top_terms", "validation_texts"]
 

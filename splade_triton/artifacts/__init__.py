@@ -1,0 +1,1 @@
+"""Build-time code: model repository assembly, ONNX / TensorRT artifacts, validation against reference models."""
