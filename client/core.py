@@ -329,6 +329,11 @@ class AsyncSpladeClient:
     def url(self) -> str:
         return str(self.endpoint)
 
+    @property
+    def embedding_model(self) -> str:
+        """The pipeline's ensemble for vocabulary-wide vectors: ``<model>_embedding``."""
+        return f"{self.model}_embedding"
+
     async def __aenter__(self) -> AsyncSpladeClient:
         return self
 
@@ -366,8 +371,9 @@ class AsyncSpladeClient:
         raise AssertionError("unreachable")
 
     async def _infer(self, texts: Sequence[str | bytes], outputs: Sequence[str],
-                     parameters: dict[str, Any] | None) -> dict[str, np.ndarray]:
-        result = await self._call(lambda t: t.infer(self.model, texts, outputs, parameters))
+                     parameters: dict[str, Any] | None, model: str | None = None) -> dict[str, np.ndarray]:
+        model = model or self.model
+        result = await self._call(lambda t: t.infer(model, texts, outputs, parameters))
         rows = {name: array.shape[0] for name, array in result.items()}
         if any(n != len(texts) for n in rows.values()):
             raise ServerError(f"the server answered {rows} rows for {len(texts)} texts", url=self.url)
@@ -469,9 +475,9 @@ class AsyncSpladeClient:
         return to_csr(vectors, await self.vocab_size())
 
     async def embed_dense(self, texts: Iterable[str | bytes]) -> np.ndarray:
-        """The full ``[len(texts), vocab_size]`` float32 vectors (the model's ``embedding`` output)."""
+        """The full ``[len(texts), vocab_size]`` float32 vectors (the ``<model>_embedding`` ensemble)."""
         batches = ((None, chunk) for chunk in self._requests(texts))
-        rows = [r async for _, r in self._pipeline(batches, lambda c: self._infer(c, ("embedding",), None))]
+        rows = [r async for _, r in self._pipeline(batches, lambda c: self._infer(c, ("embedding",), None, self.embedding_model))]
         if not rows:
             return np.zeros((0, await self.vocab_size()), dtype=np.float32)
         return np.concatenate([r["embedding"] for r in rows])
@@ -480,7 +486,7 @@ class AsyncSpladeClient:
         """The model's vocabulary size (asked of the server once)."""
         if self._vocab_size is None:
             # The ensemble declares `embedding` as [-1]: its width is only seen in an answer.
-            result = await self._infer([""], ("embedding",), None)
+            result = await self._infer([""], ("embedding",), None, self.embedding_model)
             self._vocab_size = int(result["embedding"].shape[1])
         return self._vocab_size
 

@@ -36,7 +36,7 @@ from client.corpus import VectorsFile, vector_line
 from client.evaluate import measure_run
 from splade_triton.artifacts.texts import VARIED_TEXTS
 from tests import triton
-from tests.conftest import REPOSITORY, Server, free_port
+from tests.conftest import Server, free_port
 
 TEXTS = ["what is the capital of france", "paris is the capital and largest city of france",
          "how do vaccines train the immune system", "", "Ünïcödé 東京 مرحبا", "def f(x): return x * 2"]
@@ -62,11 +62,13 @@ def splade(url):
 def spy(monkeypatch):
     """Records every request the client sends (texts per request, outputs) and the most in flight at once."""
     calls: list[tuple[int, tuple[str, ...]]] = []
+    models: list[str] = []
     state = {"now": 0, "max": 0}
     original = core._Transport.infer
 
     async def infer(self, model, texts, outputs, parameters):
         calls.append((len(texts), tuple(outputs)))
+        models.append(model)
         state["now"] += 1
         state["max"] = max(state["max"], state["now"])
         try:
@@ -75,7 +77,7 @@ def spy(monkeypatch):
             state["now"] -= 1
 
     monkeypatch.setattr(core._Transport, "infer", infer)
-    return SimpleNamespace(calls=calls, state=state)
+    return SimpleNamespace(calls=calls, models=models, state=state)
 
 
 def assert_same_vector(got: SparseVector, want: dict[int, float]) -> None:
@@ -234,6 +236,8 @@ def test_only_the_needed_outputs_are_requested(splade, spy):
     splade.embed_dense(["a"])
     assert [outputs for _, outputs in spy.calls] == [("indices", "values"), ("indices", "values", "tokens"),
                                                      ("embedding",)]
+    # The vocabulary-wide vector comes from its own ensemble: `splade` never computes it.
+    assert spy.models == ["splade", "splade", "splade_embedding"]
 
 
 def test_tei_form_is_the_non_zero_entries_of_the_full_vector(splade):
@@ -390,8 +394,8 @@ def test_server_down_is_retried_then_reported(protocol, spy):
     assert len(spy.calls) == 3
 
 
-def test_retries_until_a_late_server_is_up(server, tmp_path, caplog):
-    late = Server(REPOSITORY, tmp_path / "late.log")  # its launcher is starting: nothing listens yet
+def test_retries_until_a_late_server_is_up(server, repository, tmp_path, caplog):
+    late = Server(repository, tmp_path / "late.log")  # its launcher is starting: nothing listens yet
     try:
         assert not late.is_ready()
         urls = {"grpc": f"grpc://{late.grpc_url}", "http": f"http://{late.http_url}"}
