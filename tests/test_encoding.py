@@ -4,31 +4,27 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from bench.workloads import load_tokenizer
-from splade_triton.serving.encoding import RaggedEncoder
 from splade_triton.artifacts.texts import VARIED_TEXTS
-from tests.conftest import REPOSITORY
+from splade_triton.serving.encoding import RaggedEncoder
+from splade_triton.serving.tokens import load_tokenizer, pad_ids
+from tests.conftest import default_pipeline
+
+MODEL = default_pipeline().model
 
 
 @pytest.fixture(scope="module")
 def session():
-    return ort.InferenceSession(str(REPOSITORY / "encoder/1/model.onnx"), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(MODEL / "model.onnx"), providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_tokenizer(REPOSITORY / "tokenizer/1/tokenizer.json")
+    return load_tokenizer(MODEL / "tokenizer.json")
 
 
 def padded(tokenizer, texts, extra=0):
     enc = tokenizer.encode_batch(texts)
-    width = max(len(e.ids) for e in enc) + extra
-    ids = np.zeros((len(texts), width), np.int64)
-    mask = np.zeros_like(ids)
-    for i, e in enumerate(enc):
-        ids[i, : len(e.ids)] = e.ids
-        mask[i, : len(e.ids)] = 1
-    return ids, mask
+    return pad_ids(enc, max(len(e.ids) for e in enc) + extra)
 
 
 @pytest.mark.parametrize("budget", [1, 64, 8192])
@@ -52,3 +48,13 @@ def test_output_buffer_is_reused_and_grows(session, tokenizer):
 
 def test_empty_input(session):
     assert RaggedEncoder(session, 8192).encode([]) == []
+
+
+def test_mask_positions_not_ids_decide_what_is_kept(session, tokenizer):
+    """Padding ids other than 0 and int32 inputs come out the same."""
+    ids, mask = padded(tokenizer, ["a", "what is the capital of france"], extra=3)
+    noisy = np.where(mask > 0, ids, 999)
+    encoder = RaggedEncoder(session, 8192)
+    want = encoder.encode([(ids, mask)])[0].copy()
+    got = encoder.encode([(noisy.astype(np.int32), mask.astype(np.int32))])[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)

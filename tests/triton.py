@@ -23,11 +23,22 @@ def text_input(protocol: str, texts, name: str = "text"):
     return tensor
 
 
-def encode(protocol: str, c, texts, outputs=OUTPUTS, parameters=None) -> dict[str, np.ndarray]:
-    """Call the ``splade`` ensemble; return the requested outputs by name."""
-    requested = [PROTOCOLS[protocol].InferRequestedOutput(n) for n in outputs]
-    result = c.infer("splade", [text_input(protocol, texts)], outputs=requested, parameters=parameters)
-    return {n: result.as_numpy(n) for n in outputs}
+SPARSE = ("indices", "values", "tokens")
+
+
+def encode(protocol: str, c, texts, outputs=OUTPUTS, parameters=None, model: str = "splade") -> dict[str, np.ndarray]:
+    """Call the ``model`` ensemble for the sparse outputs and ``<model>_embedding``
+    for ``embedding`` (only the calls the requested outputs need); return them by name."""
+    mod, result = PROTOCOLS[protocol], {}
+    sparse = [n for n in outputs if n in SPARSE]
+    calls = [(model, sparse)] if sparse else []
+    if "embedding" in outputs:
+        calls.append((f"{model}_embedding", ["embedding"]))
+    for name, names in calls:
+        requested = [mod.InferRequestedOutput(n) for n in names]
+        answer = c.infer(name, [text_input(protocol, texts)], outputs=requested, parameters=parameters)
+        result.update({n: answer.as_numpy(n) for n in names})
+    return {n: result[n] for n in outputs}
 
 
 def error_of(fn) -> InferenceServerException:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from splade_triton.serving.batching import plan_chunks
+from splade_triton.serving.tokens import pad_segments
 
 __all__ = ["RaggedEncoder"]
 
@@ -36,19 +37,18 @@ class RaggedEncoder:
         Token positions are those where the mask is non-zero; every text must
         have at least one (the tokenizer always adds [CLS] and [SEP]).
         """
-        rows = []
-        for ids, mask in batches:
-            keep = mask.astype(bool, copy=False)
-            rows.extend(row[k] for row, k in zip(ids, keep))
-        lengths = np.fromiter((r.size for r in rows), dtype=np.int64, count=len(rows))
-        pooled = self._output(len(rows))
+        if not batches:
+            return []
+        # Every text's tokens, padding stripped, end to end (row-major order
+        # keeps each row's tokens in order); no per-row Python loop.
+        keeps = [mask.astype(bool, copy=False) for _, mask in batches]
+        flat = np.concatenate([ids[keep] for (ids, _), keep in zip(batches, keeps)]).astype(np.int64, copy=False)
+        lengths = np.concatenate([keep.sum(axis=1) for keep in keeps]).astype(np.int64, copy=False)
+        starts = np.zeros(lengths.size, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        pooled = self._output(lengths.size)
         for chunk in plan_chunks(lengths, self.max_batch_tokens):
-            width = int(lengths[chunk].max())
-            ids = np.zeros((chunk.size, width), dtype=np.int64)
-            mask = np.zeros((chunk.size, width), dtype=np.int64)
-            for j, i in enumerate(chunk):
-                ids[j, : lengths[i]] = rows[i]
-                mask[j, : lengths[i]] = 1
+            ids, mask = pad_segments(flat, starts[chunk], lengths[chunk])
             pooled[chunk] = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         out, start = [], 0
         for ids, _ in batches:

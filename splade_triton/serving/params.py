@@ -5,12 +5,14 @@ Kept free of Triton imports so the parsing rules are unit-tested on their own.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["Param", "read_model_parameters", "RequestOptions", "parse_request_options"]
+__all__ = ["Param", "read_model_parameters", "RequestOptions", "REQUEST_PARAMETERS", "parse_request_options", "resembles_ours"]
 
 # Parameters Triton itself understands in config.pbtxt; allowed beside ours.
 _TRITON_PARAMETERS = {"EXECUTION_ENV_PATH", "FORCE_CPU_ONLY_INPUT_TENSORS"}
@@ -71,16 +73,44 @@ class RequestOptions:
 _MAX_TOP_K = 2**31 - 1
 
 
+REQUEST_PARAMETERS = ("top_k", "min_weight")
+_FOLDED = {re.sub(r"[^a-z0-9]", "", name.lower()): name for name in REQUEST_PARAMETERS}
+
+
+def resembles_ours(name: str) -> str | None:
+    """The request parameter ``name`` is probably a misspelling of, or None.
+
+    Case, ``-``, ``_``, ``.`` and spaces are ignored ("top-k", "TopK",
+    "min.weight"); a name that contains one of ours ("x-top-k", "top_k_max")
+    or is within a typo of one (difflib ratio >= 0.75: "topk_", "tok_k",
+    "min_wieght") resembles it.
+    """
+    folded = re.sub(r"[^a-z0-9]", "", str(name).lower())
+    for ours_folded, ours in _FOLDED.items():
+        if ours_folded in folded:
+            return ours
+    close = difflib.get_close_matches(folded, list(_FOLDED), n=1, cutoff=0.75)
+    return _FOLDED[close[0]] if close else None
+
+
 def parse_request_options(parameters_json: str, defaults: RequestOptions) -> RequestOptions:
     """Validate a request's ``top_k`` / ``min_weight`` (Triton request parameters).
+
+    Other names are ignored, so that headers a gateway forwards as request
+    parameters (tritonserver ``--grpc-header-forward-pattern`` /
+    ``--http-header-forward-pattern``: NVIDIA Cloud Functions, API gateways)
+    do not fail requests; but a name that resembles ours (``top-k``,
+    ``topK``, ``min_wieght``: see resembles_ours) is refused, so that a
+    misspelt option never silently does nothing.
 
     Raises ValueError with a message meant for the caller.
     """
     params = json.loads(parameters_json) if parameters_json else {}
-    unknown = sorted(set(params) - {"top_k", "min_weight"})
-    if unknown:
+    misspelt = sorted(name for name in params if name not in REQUEST_PARAMETERS and resembles_ours(name))
+    if misspelt:
+        hints = ", ".join(f"{name} (did you mean {resembles_ours(name)}?)" for name in misspelt)
         raise ValueError(
-            f"unknown request parameter(s): {', '.join(unknown)}; supported: top_k, min_weight"
+            f"unknown request parameter(s): {hints}; supported: {', '.join(REQUEST_PARAMETERS)}"
         )
     top_k = params.get("top_k", defaults.top_k)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= _MAX_TOP_K:

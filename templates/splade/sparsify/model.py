@@ -6,12 +6,12 @@ import json
 import math
 import os
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
-from tokenizers import Tokenizer
 
 from splade_triton.serving.params import Param, RequestOptions, parse_request_options, read_model_parameters
 from splade_triton.serving.splade import activate, sparsify
+from splade_triton.serving.terms import TermTable
+from splade_triton.serving.tokens import load_tokenizer
 
 PARAMETERS = {
     "top_k": Param(int, 0, lambda v: v >= 0, "an integer >= 0"),
@@ -24,17 +24,11 @@ class TritonPythonModel:
         settings = read_model_parameters(json.loads(args["model_config"]), PARAMETERS)
         self.defaults = RequestOptions(top_k=settings["top_k"], min_weight=settings["min_weight"])
         path = os.path.join(args["model_repository"], args["model_version"], "tokenizer.json")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"tokenizer file not found: {path} (run export/export_onnx.py)")
-        try:
-            vocab = Tokenizer.from_file(path).get_vocab(with_added_tokens=True)
-        except Exception as e:
-            raise ValueError(f"cannot load tokenizer file {path}: {e}") from None
-        # id -> UTF-8 term, with b"" at the end for the -1 padding index.
-        self.terms = np.empty(max(vocab.values()) + 2, dtype=object)
-        self.terms[:] = b""
-        for term, i in vocab.items():
-            self.terms[i] = term.encode("utf-8")
+        # The encoder's output width is the masked-LM head's, which may be
+        # padded past the tokenizer (30528 rows for 30522 ids): ids the
+        # tokenizer lacks get "[unused<id>]" (serving/terms.py), never an
+        # IndexError that would fail every request of the execution.
+        self.terms = TermTable(load_tokenizer(path).get_vocab(with_added_tokens=True))
 
     def _respond(self, request):
         try:
@@ -51,12 +45,21 @@ class TritonPythonModel:
             outputs += [
                 pb_utils.Tensor("indices", sparse.indices),
                 pb_utils.Tensor("values", sparse.values),
-                pb_utils.Tensor("tokens", self.terms[sparse.indices]),
+                pb_utils.Tensor("tokens", self.terms.lookup(sparse.indices)),
             ]
         if "embedding" in wanted:
             outputs.append(pb_utils.Tensor("embedding", activate(pooled)))
         outputs = [t for t in outputs if t.name() in wanted]
         return pb_utils.InferenceResponse(output_tensors=outputs)
 
+    def _respond_safely(self, request):
+        # One request's unexpected failure is that request's error: raising
+        # from execute() would fail every request of the execution.
+        try:
+            return self._respond(request)
+        except Exception as e:  # noqa: BLE001
+            message = f"sparsify failed: {type(e).__name__}: {e}"
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INTERNAL))
+
     def execute(self, requests):
-        return [self._respond(request) for request in requests]
+        return [self._respond_safely(request) for request in requests]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
-from tokenizers import Tokenizer
 
 from splade_triton.serving.params import Param, RequestOptions, parse_request_options, read_model_parameters
+from splade_triton.serving.tokens import load_tokenizer, pad_ids, round_length
 
 PARAMETERS = {
     "max_length": Param(int, 512, lambda v: v >= 2, "an integer >= 2"),
@@ -27,14 +26,7 @@ class TritonPythonModel:
     def initialize(self, args):
         self.settings = read_model_parameters(json.loads(args["model_config"]), PARAMETERS)
         path = os.path.join(args["model_repository"], args["model_version"], "tokenizer.json")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"tokenizer file not found: {path} (run export/export_onnx.py)")
-        try:
-            self.tokenizer = Tokenizer.from_file(path)
-        except Exception as e:
-            raise ValueError(f"cannot load tokenizer file {path}: {e}") from None
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=self.settings["max_length"])
+        self.tokenizer = load_tokenizer(path, self.settings["max_length"])
 
     def _texts(self, request):
         """The request's texts as str, or an error message for the caller."""
@@ -62,19 +54,9 @@ class TritonPythonModel:
                 return None, f"text {i} is not valid UTF-8: {e.reason} at byte {e.start}"
         return texts, None
 
-    def _pad(self, encodings, length):
-        ids = np.zeros((len(encodings), length), dtype=np.int64)
-        mask = np.zeros((len(encodings), length), dtype=np.int64)
-        for row, enc in enumerate(encodings):
-            n = len(enc.ids)
-            ids[row, :n] = enc.ids
-            mask[row, :n] = 1
-        return ids, mask
-
-    def _round(self, length):
+    def _length(self, longest):
         # Never past max_length: a fixed-shape encoder's profile ends there.
-        multiple = self.settings["pad_to_multiple_of"]
-        return min(-(-length // multiple) * multiple, self.settings["max_length"])
+        return round_length(longest, self.settings["pad_to_multiple_of"], self.settings["max_length"])
 
     def execute(self, requests):
         per_request, errors, flat = [], {}, []
@@ -87,8 +69,13 @@ class TritonPythonModel:
             flat.extend(texts)
 
         encodings = self.tokenizer.encode_batch(flat, add_special_tokens=True) if flat else []
-        batch_length = self._round(max((len(e.ids) for e in encodings), default=1))
 
+        # Each request is padded to its own longest text, rounded up to a
+        # multiple of pad_to_multiple_of ("request" and "batch" alike). With
+        # "batch" (a fixed-shape TensorRT encoder) that multiple is the bucket
+        # width: requests of one bucket share a shape and batch together in
+        # the encoder's dynamic batcher, and forty queries never get padded to
+        # the 512 tokens of a passage that arrived in the same execution.
         responses, start = [], 0
         for r, count in enumerate(per_request):
             if r in errors:
@@ -96,11 +83,7 @@ class TritonPythonModel:
                 continue
             chunk = encodings[start : start + count]
             start += count
-            if self.settings["padding"] == "batch":
-                length = batch_length
-            else:
-                length = self._round(max(len(e.ids) for e in chunk))
-            ids, mask = self._pad(chunk, length)
+            ids, mask = pad_ids(chunk, self._length(max(len(e.ids) for e in chunk)))
             responses.append(
                 pb_utils.InferenceResponse(
                     output_tensors=[pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask)]
