@@ -13,17 +13,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from splade_triton.serving.tokens import load_tokenizer
+
 WORKLOADS = {"queries": (4, 12), "passages": (100, 130)}
-
-
-def load_tokenizer(path, max_length: int = 512) -> Tokenizer:
-    """The model's tokenizer as the serving tokenizer model sets it up: truncation
-    at ``max_length`` and no padding (tokenizer.json files often enable
-    BatchLongest padding, which would pad every text of a call alike)."""
-    tokenizer = Tokenizer.from_file(str(path))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_length)
-    return tokenizer
 
 
 def words(tokenizer: Tokenizer) -> list[str]:
@@ -58,7 +50,7 @@ def write_plain(texts: list[str], path: Path) -> Path:
 if __name__ == "__main__":
     import sys
 
-    tok = load_tokenizer(sys.argv[1] if len(sys.argv) > 1 else "model_repository/tokenizer/1/tokenizer.json")
+    tok = load_tokenizer(sys.argv[1] if len(sys.argv) > 1 else "build/models/splade-tiny/tokenizer.json")
     for kind in WORKLOADS:
         texts = make(tok, kind, 64)
         print(f"{kind}: mean {mean_tokens(tok, texts):.1f} tokens; e.g. {texts[0][:100]!r}")
