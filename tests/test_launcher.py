@@ -1,16 +1,157 @@
-"""script/serve: localhost by default, configurable ports, clean stop on Ctrl-C."""
+"""The launcher: script/serve, the harness, stub discovery, the stub install, the readiness check."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import time
-import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-from tests.conftest import ROOT, free_port
+import pytest
+
+from splade_triton.launcher import tritonserver
+from splade_triton.launcher.harness import Launched, NotReady, free_port
+from splade_triton.launcher.stubs import StubProcess, parse_stub_argv
+from splade_triton.launcher.supervisor import Supervisor, dead_models
+from tests.conftest import ROOT
+
+STUB = "/site/pytriton/tritonserver/backends/python/triton_python_backend_stub"
+
+
+def stub_argv(model: str, instance: str, region: str = "triton_python_backend_shm_region_ab-1") -> list[str]:
+    # As this Python backend starts a stub (2.51).
+    return [STUB, f"/repo/{model}/1/model.py", region, "16777216", "16777216", "4242",
+            "/site/pytriton/tritonserver/backends/python", "336", instance, "DEFAULT"]
+
+
+def test_stubs_are_found_by_content_not_position():
+    assert parse_stub_argv(7, stub_argv("splade_encoder", "splade_encoder_0_0")) == StubProcess(
+        7, "splade_encoder", "splade_encoder_0_0", "triton_python_backend_shm_region_ab-1")
+    moved = stub_argv("splade_encoder", "splade_encoder_0_0")
+    moved = [moved[0], moved[8], "extra", *moved[1:8], *moved[9:]]  # another release's order
+    assert parse_stub_argv(7, moved).instance == "splade_encoder_0_0"
+    assert parse_stub_argv(7, ["/usr/bin/python3", "x.py"]) is None
+
+
+def test_supervisor_never_reloads_models_whose_stubs_it_never_saw():
+    class FakeAdmin:
+        def __init__(self):
+            self.calls = []
+
+        def states(self):
+            return {"splade_encoder": "READY", "splade": "READY"}
+
+        def stub_count(self, model):
+            return 1 if model == "splade_encoder" else 0
+
+        def unload(self, model):
+            self.calls.append(("unload", model))
+
+        def load(self, model, config=None):
+            self.calls.append(("load", model))
+
+    # Stubs that cannot be recognised (e.g. a changed command line): nothing is dead.
+    admin = FakeAdmin()
+    supervisor = Supervisor(1, admin, processes=lambda pid: [])
+    state = (None, frozenset())
+    for _ in range(5):
+        state = supervisor.check(*state)
+    assert admin.calls == []
+    # Seen alive, then gone: reloaded once.
+    alive = [StubProcess(10, "splade_encoder", "splade_encoder_0_0", "r")]
+    current = {"stubs": alive}
+    supervisor = Supervisor(1, admin, processes=lambda pid: current["stubs"])
+    state = supervisor.check(None, frozenset())
+    current["stubs"] = []
+    for _ in range(5):
+        state = supervisor.check(*state)
+    assert admin.calls == [("unload", "splade_encoder"), ("load", "splade_encoder")]
+    assert dead_models({"m": 2}, [StubProcess(1, "m", "m_0_0", "r")], {"m"}) == ["m"]
+    assert dead_models({"m": 2}, [StubProcess(1, "m", "m_0_0", "r")], set()) == []
+
+
+def test_supervisor_stop_is_bounded():
+    supervisor = Supervisor(1, None)
+    supervisor._busy.acquire()  # a reload that never ends
+    start = time.monotonic()
+    assert supervisor.stop(timeout_s=0.3) is False
+    assert time.monotonic() - start < 2
+
+
+def test_stub_install_is_atomic_and_skips_same_content(tmp_path):
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(1 << 20))
+    target = tmp_path / "backends" / "triton_python_backend_stub"
+    target.parent.mkdir()
+    target.write_bytes(b"x" * (1 << 20))  # same size, other content: the old check kept it
+    with ThreadPoolExecutor(8) as pool:
+        written = list(pool.map(lambda _: tritonserver.install_stub(source, target), range(16)))
+    assert target.read_bytes() == source.read_bytes()
+    assert sum(written) == 1
+    assert sorted(p.name for p in target.parent.iterdir()) == [".triton_python_backend_stub.lock", target.name]
+    inode = target.stat().st_ino
+    assert tritonserver.install_stub(source, target) is False and target.stat().st_ino == inode
+
+
+def test_two_launches_at_once_both_serve(repository, tmp_path):
+    servers = [Launched(repository, tmp_path / f"s{i}.log") for i in range(2)]
+    for s in servers:
+        s.start()
+    try:
+        for s in servers:
+            s.wait_ready()
+        for s in servers:
+            assert "text file busy" not in s.log().lower()
+    finally:
+        for s in servers:
+            assert s.stop() == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_a_readiness_timeout_leaves_no_process_behind(repository, tmp_path):
+    server = Launched(repository, tmp_path / "server.log", ready_timeout_s=2.5).start()
+    # Wait until tritonserver and some stubs exist, so there is something to leak.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        server._track()
+        if len(server.seen_pids) >= 3:
+            break
+        time.sleep(0.05)
+    with pytest.raises(NotReady):
+        server.wait_ready(timeout_s=0)
+    assert len(server.seen_pids) >= 3
+    left = [p for p in server.seen_pids if _alive(p)]
+    assert not left, f"processes left behind: {left}"
+    assert not [r for r in server.seen_regions if (Path("/dev/shm") / r).exists()]
+    for port in (server.http_port, server.grpc_port):
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # free again
+
+
+def test_check_runs_a_real_inference(server):
+    ok = subprocess.run([sys.executable, "-m", "splade_triton.launcher", "check", "--url", server.http_url],
+                        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    nothing = subprocess.run([sys.executable, "-m", "splade_triton.launcher", "check", "--url",
+                              f"127.0.0.1:{free_port()}", "--timeout", "2"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert nothing.returncode == 1 and "not ready" in nothing.stderr
 
 
 def wait_ready(port: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    import urllib.request
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read()
@@ -39,4 +180,4 @@ def test_serve_binds_localhost_and_stops_on_ctrl_c():
     assert process.returncode == 0, output[-3000:]
     assert f"Started GRPCInferenceService at 127.0.0.1:{grpc}" in output
     assert f"Started HTTPService at 127.0.0.1:{http}" in output
-    assert "successfully unloaded 'encoder'" in output
+    assert "successfully unloaded 'splade_encoder'" in output

@@ -1,5 +1,5 @@
-"""python -m splade_triton.launcher: serve a model repository (see server.main)."""
+"""python -m splade_triton.launcher: serve a model repository, or `check` one (see serve.main)."""
 
-from splade_triton.launcher.server import main
+from splade_triton.launcher.serve import main
 
 main()

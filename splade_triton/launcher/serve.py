@@ -1,0 +1,155 @@
+"""The launcher: tritonserver as a child, its stubs supervised, drained on SIGTERM / Ctrl-C.
+
+    python -m splade_triton.launcher --model-repository model_repository [-- tritonserver args]
+    python -m splade_triton.launcher check --url 127.0.0.1:8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from splade_triton.launcher.admin import ADMIN_KEY_ENV, KEY_CHARS, Admin, new_key
+from splade_triton.launcher.drain import drain
+from splade_triton.launcher.stubs import mapped_regions, remove_regions
+from splade_triton.launcher.supervisor import Supervisor, log
+from splade_triton.launcher.tritonserver import ServerOptions, command, environment
+
+# After a drain nothing is left for tritonserver to finish, yet it can wait out
+# its whole exit timeout: for idle HTTP keep-alive connections of clients, and
+# for the models of dead stubs, which this Triton build never finishes unloading.
+AFTER_DRAIN_S = 5.0
+
+
+def _die_with_parent() -> None:
+    # Own process group: a terminal's Ctrl-C reaches only the launcher, which
+    # drains first. PR_SET_PDEATHSIG: tritonserver stops if the launcher is killed.
+    os.setpgid(0, 0)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def serve(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
+    """Run tritonserver under the launcher until it exits or a signal stops it.
+
+    Returns the exit status: 0 after a clean stop. Must run in the main thread
+    (it handles SIGINT and SIGTERM).
+    """
+    # stdin: a process group other than the terminal's must not read from it.
+    process = subprocess.Popen(command(options), env=environment(), stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    admin = Admin(options.host, options.http_port, options.admin_key)
+    supervisor = None
+    if options.model_control_mode == "explicit":
+        supervisor = Supervisor(process.pid, admin)
+        supervisor.start()
+
+    signals: list[int] = []
+    stop = threading.Event()
+    terminated = []
+
+    def terminate():
+        if not terminated and process.poll() is None:
+            terminated.append(True)
+            process.send_signal(signal.SIGTERM)
+
+    def on_signal(signum, frame):
+        signals.append(signum)
+        stop.set()
+        if len(signals) > 1:
+            terminate()  # a second signal: stop without draining
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+
+    while not stop.wait(0.2):
+        if process.poll() is not None:
+            break
+    start = time.monotonic()
+    if supervisor is not None and not supervisor.stop(drain_timeout_s):
+        log("supervisor still reloading a model; draining anyway")
+
+    drained = False
+    if process.poll() is None and options.model_control_mode == "explicit" and len(signals) == 1:
+        remaining = max(0.0, drain_timeout_s - (time.monotonic() - start))
+        try:
+            drained = drain(admin, remaining, process.pid, interrupted=lambda: len(signals) > 1)
+        except (OSError, ValueError) as e:
+            log(f"drain failed: {e}")
+        log(f"drained in {time.monotonic() - start:.1f} s" if drained else "drain incomplete; stopping anyway")
+    regions = mapped_regions(process.pid) | (supervisor.shm_regions if supervisor is not None else set())
+    terminate()
+
+    try:
+        return_code = process.wait(AFTER_DRAIN_S if drained else options.exit_timeout_s + 10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return_code = 0 if drained else 1
+        if drained:
+            log("tritonserver still waiting after the drain (idle client connections, dead stubs); ended it")
+    if return_code < 0:
+        return_code = 128 - return_code  # killed by a signal, as a shell reports it
+    # Left behind by a dead stub's model, or by a tritonserver that was killed.
+    remove_regions(regions)
+    return return_code
+
+
+def check_main(argv: list[str]) -> None:
+    from splade_triton.launcher.check import check
+
+    parser = argparse.ArgumentParser(prog="python -m splade_triton.launcher check",
+                                     description="Exit 0 when every ensemble answers a real inference.")
+    parser.add_argument("--url", default="127.0.0.1:8000", help="the server's HTTP endpoint (default 127.0.0.1:8000)")
+    parser.add_argument("--timeout", type=float, default=10.0)
+    a = parser.parse_args(argv)
+    problems = check(a.url, a.timeout)
+    for problem in problems:
+        print(f"not ready: {problem}", file=sys.stderr)
+    sys.exit(1 if problems else 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["check"]:
+        check_main(argv[1:])
+    parser = argparse.ArgumentParser(description="Serve a model repository with tritonserver.")
+    parser.add_argument("--model-repository", default="model_repository")
+    parser.add_argument("--host", default="127.0.0.1", help="address for HTTP, gRPC and metrics (default 127.0.0.1)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument("--model-control-mode", choices=("explicit", "none"), default="explicit",
+                        help="explicit (default): stub recovery and draining, admin API behind the key; "
+                             "none: no model loading or unloading at all")
+    parser.add_argument("--drain-timeout", type=float, default=30.0,
+                        help="seconds in-flight requests get to finish after SIGTERM / Ctrl-C (default 30)")
+    parser.add_argument("--exit-timeout", type=int, default=30,
+                        help="tritonserver's own --exit-timeout-secs, after the drain (default 30)")
+    parser.add_argument("extra", nargs="*", help="further tritonserver arguments, after --")
+    a = parser.parse_args(argv)
+    key = os.environ.get(ADMIN_KEY_ENV) or new_key()
+    if not KEY_CHARS.match(key):
+        raise SystemExit(f"{ADMIN_KEY_ENV} may contain only letters, digits and . _ ~ -")
+    options = ServerOptions(
+        model_repository=str(Path(a.model_repository).resolve()) if "://" not in a.model_repository else a.model_repository,
+        host=a.host,
+        http_port=a.http_port,
+        grpc_port=a.grpc_port,
+        metrics_port=a.metrics_port,
+        log_verbose=a.log_verbose,
+        exit_timeout_s=a.exit_timeout,
+        model_control_mode=a.model_control_mode,
+        admin_key=key,
+        extra_args=tuple(a.extra),
+    )
+    admin = "admin API: key from " + ADMIN_KEY_ENV if os.environ.get(ADMIN_KEY_ENV) else "admin API: launcher only"
+    print(f"serving {options.model_repository} on {a.host}: HTTP {a.http_port}, gRPC {a.grpc_port}, "
+          f"metrics {a.metrics_port}; model control {a.model_control_mode}, {admin} (Ctrl-C stops)", flush=True)
+    sys.exit(serve(options, drain_timeout_s=a.drain_timeout))
