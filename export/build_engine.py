@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Compile the fused SPLADE ONNX graph to a TensorRT plan for this GPU.
 
-The optimization profile comes from the GPU repository's own settings
-(splade_triton/shapes.py): batch 1..the encoder's max_batch_size, sequence
+The optimization profile comes from the pipeline's GPU settings
+(splade_triton/artifacts/shapes.py): batch 1..the encoder's max_batch_size, sequence
 1..the tokenizer's max_length, opt at a full batch of 128-token texts (why:
 engine_profile's docstring, docs/gpu.md). FP16 by default, with LayerNorm,
 softmax, the attention-mask bias and the pooling tail (max over tokens, bias)
@@ -12,16 +11,17 @@ kept in FP32; ``--precision fp32`` for a full-FP32 engine (TF32 off unless
 Writes ``<output>`` and ``<output>.json``, the provenance: TensorRT version,
 GPU name and compute capability, profile, precision, the ONNX file's hash.
 A plan runs only on the TensorRT release and GPU family that built it;
-``python -m splade_triton.artifacts.engine check`` refuses any other.
+``python -m splade_triton.artifacts.gpu_startup check`` refuses any other.
 
 Needs the ``tensorrt`` Python package and a CUDA GPU (the GPU image has
 both); without them it exits at once, status 3, with one line saying what
 is missing. ``--dry-run`` needs neither: it prints the profile and the
 layers an FP16 build would keep in FP32, read from the ONNX graph.
 
-    python export/build_engine.py                       # build/engine/model.plan
-    python export/build_engine.py --precision fp32 --output build/engine-fp32/model.plan
-    python export/build_engine.py --dry-run
+    python -m export.build_engine                       # build/engine/model.plan
+    python -m export.build_engine --precision fp32 --output build/engine-fp32/model.plan
+    python -m export.build_engine --dry-run
+    python -m export.build_engine --pipeline pipelines/other.toml   # another pipeline's model and settings
 """
 
 from __future__ import annotations
@@ -35,47 +35,17 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from splade_triton.artifacts.engine import (
-    DEFAULT_FP32_GROUPS,
-    EXIT_UNAVAILABLE,
-    FP32_GROUPS,
-    PROVENANCE_FORMAT,
-    Layer,
-    Unavailable,
-    file_sha256,
-    layers_from_onnx,
-    missing_message,
-    probe_gpu,
-    provenance_path,
-    select_fp32_layers,
-)
-from splade_triton.artifacts.repository import GPU_OVERLAY, SOURCE, model_configs
+from splade_triton.artifacts.fp32_layers import DEFAULT_FP32_GROUPS, FP32_GROUPS, Layer, layers_from_onnx, select_fp32_layers
+from splade_triton.artifacts.gpu_probe import require_tensorrt
+from splade_triton.artifacts.onnx_graph import OUTPUT
+from splade_triton.artifacts.provenance import PROVENANCE_FORMAT, file_sha256, provenance_path
+from splade_triton.artifacts.gpu_pipeline import DEFAULT_SPEC, GpuPipeline
+from splade_triton.artifacts.repository import ROOT
 from splade_triton.artifacts.shapes import ENCODER_INPUTS, Shapes, engine_profile
-
-OUTPUT = "pooled_logits"
 
 
 class BuildError(Exception):
     pass
-
-
-def _requirements():
-    """(tensorrt module, GPU info), or exit with one line naming what is missing."""
-    problems, trt, gpu = [], None, None
-    try:
-        import tensorrt as trt
-    except Exception as e:  # ImportError, or OSError when its libraries are missing
-        problems.append(f"TensorRT is not installed (import tensorrt: {str(e).splitlines()[0] if str(e) else type(e).__name__})")
-    try:
-        gpu = probe_gpu(0)
-    except Unavailable as e:
-        problems.append(str(e))
-    if problems:
-        print(missing_message("build_engine", problems), file=sys.stderr)
-        sys.exit(EXIT_UNAVAILABLE)
-    return trt, gpu
 
 
 def _layer_kinds(trt) -> dict:
@@ -150,7 +120,7 @@ def _check_io(network) -> None:
     outputs = [network.get_output(i).name for i in range(network.num_outputs)]
     if sorted(inputs) != sorted(ENCODER_INPUTS) or outputs != [OUTPUT]:
         raise BuildError(f"unexpected graph signature: inputs {inputs}, outputs {outputs}; "
-                         f"expected {list(ENCODER_INPUTS)} -> [{OUTPUT!r}] (export/export_onnx.py)")
+                         f"expected {list(ENCODER_INPUTS)} -> [{OUTPUT!r}] (python -m export.export_onnx)")
 
 
 def build(trt, args, profile, gpu) -> dict:
@@ -269,12 +239,13 @@ def dry_run(args, shapes: Shapes, profile) -> None:
     }, indent=2))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--onnx", type=Path, default=SOURCE / "encoder" / "1" / "model.onnx")
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m export.build_engine", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline", type=Path, default=DEFAULT_SPEC,
+                        help="pipeline spec: its model directory and GPU settings (profile)")
+    parser.add_argument("--onnx", type=Path, default=None, help="default: <the pipeline's model directory>/model.onnx")
     parser.add_argument("--output", type=Path, default=ROOT / "build" / "engine" / "model.plan")
-    parser.add_argument("--repository", type=Path, default=SOURCE, help="source model repository (settings)")
-    parser.add_argument("--overlay", type=Path, default=GPU_OVERLAY, help="GPU overlay (settings)")
     parser.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
     parser.add_argument("--fp32", default=",".join(DEFAULT_FP32_GROUPS),
                         help=f"layer groups an FP16 engine keeps in FP32, comma-separated, from {', '.join(FP32_GROUPS)}; '' for none")
@@ -286,14 +257,15 @@ def main() -> None:
     parser.add_argument("--timing-cache", type=Path, default=None, help="default: beside the plan, per TensorRT and GPU")
     parser.add_argument("--dry-run", action="store_true", help="print profile and FP32 layers from the ONNX graph; no TensorRT")
     parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    trt, gpu = (None, None) if args.dry_run else _requirements()
+    trt, gpu = (None, None) if args.dry_run else require_tensorrt("build_engine")
     try:
-        shapes = Shapes.from_configs(model_configs(args.repository, "gpu", args.overlay))
+        gpu_pipeline = GpuPipeline.load(args.pipeline, args.onnx)
+        args.onnx, shapes = gpu_pipeline.onnx, gpu_pipeline.shapes
         profile = engine_profile(shapes, args.opt_batch, args.opt_seq)
         if not args.onnx.is_file():
-            raise BuildError(f"ONNX model not found: {args.onnx} (export it with export/export_onnx.py)")
+            raise BuildError(f"ONNX model not found: {args.onnx} (export it with python -m export.export_onnx)")
         if args.dry_run:
             dry_run(args, shapes, profile)
             return

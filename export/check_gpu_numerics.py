@@ -1,10 +1,9 @@
-#!/usr/bin/env python3
 """CUDA FP16 numerics and GPU throughput of the exported SPLADE encoder, without TensorRT.
 
 What a GPU machine without TensorRT can check of the GPU path: the same
 model in reduced precision through torch (and the exported graph through
 onnxruntime's CUDA provider when present), against ONNX Runtime FP32 on CPU,
-on the varied validation texts, with export/validate_engine.py's metrics
+on the varied validation texts, with ``export.validate_engine``'s metrics
 (max abs difference of the SPLADE weights, recall of each text's top-50
 terms). Modes:
 
@@ -23,8 +22,8 @@ Without a CUDA GPU it exits at once, status 3, with one line.
 ``--emulate-on-cpu`` runs the same modes on the CPU instead (torch's CPU FP16
 kernels: an emulation of the rounding, not a GPU measurement; it says so).
 
-    python export/check_gpu_numerics.py --json-out docs/gpu_numerics.json
-    python export/check_gpu_numerics.py --bert-base       # throughput of a BERT-base-sized model too
+    python -m export.check_gpu_numerics --json-out docs/gpu_numerics.json
+    python -m export.check_gpu_numerics --bert-base       # throughput of a BERT-base-sized model too
 """
 
 from __future__ import annotations
@@ -38,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from splade_triton.artifacts.engine import EXIT_UNAVAILABLE, missing_message
-from splade_triton.artifacts.numerics import compare_weights, validation_texts
-from splade_triton.artifacts.repository import GPU_OVERLAY, SOURCE, model_configs
-from splade_triton.artifacts.shapes import Shapes
+from splade_triton.artifacts.gpu_probe import EXIT_UNAVAILABLE, missing_message
+from splade_triton.artifacts.numerics import compare_weights, padded_batches, validation_texts
+from splade_triton.artifacts.onnx_graph import without_decoder
+from splade_triton.artifacts.gpu_pipeline import DEFAULT_SPEC, GpuPipeline
+from splade_triton.artifacts.repository import ROOT
 from splade_triton.serving.splade import activate
+from splade_triton.serving.tokens import load_tokenizer
 
 MODES = ("fp32", "fp16-engine-like", "fp16-autocast", "fp16-naive")
 
@@ -75,8 +74,6 @@ class PooledEncoder:
     def __init__(self, mlm, device: str, mode: str):
         import torch
 
-        from export.export_onnx import _without_decoder
-
         self.torch, self.mode, self.device = torch, mode, device
         self.mlm = mlm.to(device)
         decoder = mlm.get_output_embeddings()
@@ -94,14 +91,13 @@ class PooledEncoder:
                     module.float()
                     self.hooks.append(module.register_forward_pre_hook(lambda m, a: tuple(x.float() for x in a)))
                     self.hooks.append(module.register_forward_hook(lambda m, a, out: out.half()))
-        self._without_decoder = _without_decoder
 
     def __call__(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         torch = self.torch
         ids_t = torch.from_numpy(ids).to(self.device)
         mask_t = torch.from_numpy(mask).to(self.device)
         autocast = torch.autocast(device_type=self.device.split(":")[0], dtype=torch.float16, enabled=self.mode == "fp16-autocast")
-        with torch.inference_mode(), self._without_decoder(self.mlm, True), autocast:
+        with torch.inference_mode(), without_decoder(self.mlm, True), autocast:
             hidden = self.mlm(input_ids=ids_t, attention_mask=mask_t).logits
             hidden = torch.where(mask_t.unsqueeze(-1) != 0, hidden, hidden[:, :1])
             if self.mode == "fp32":
@@ -117,21 +113,6 @@ class PooledEncoder:
             if self.bias is not None:
                 pooled = pooled + self.bias
         return pooled.cpu().numpy()
-
-
-def padded_batches(tokenizer, texts, shapes: Shapes, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    encodings = tokenizer.encode_batch(texts, add_special_tokens=True)
-    batches = []
-    for start in range(0, len(encodings), batch_size):
-        chunk = encodings[start : start + batch_size]
-        width = shapes.padded_length(max(len(e.ids) for e in chunk))
-        ids = np.zeros((len(chunk), width), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for row, enc in enumerate(chunk):
-            ids[row, : len(enc.ids)] = enc.ids
-            mask[row, : len(enc.ids)] = 1
-        batches.append((ids, mask))
-    return batches
 
 
 def throughput(encode, vocab_size: int, batch: int, lengths, device: str, repeat: int) -> dict:
@@ -157,12 +138,13 @@ def throughput(encode, vocab_size: int, batch: int, lengths, device: str, repeat
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m export.check_gpu_numerics", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(ROOT / "models" / "splade-tiny"), help="the exported model's weights")
-    parser.add_argument("--onnx", type=Path, default=SOURCE / "encoder" / "1" / "model.onnx")
-    parser.add_argument("--repository", type=Path, default=SOURCE)
-    parser.add_argument("--overlay", type=Path, default=GPU_OVERLAY)
+    parser.add_argument("--pipeline", type=Path, default=DEFAULT_SPEC,
+                        help="pipeline spec: its model directory (ONNX graph, tokenizer) and GPU settings")
+    parser.add_argument("--onnx", type=Path, default=None, help="default: <the pipeline's model directory>/model.onnx")
     parser.add_argument("--texts", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--k", type=int, default=50)
@@ -172,7 +154,7 @@ def main() -> None:
     parser.add_argument("--bert-base", action="store_true", help="also time a BERT-base-sized MLM with random weights")
     parser.add_argument("--emulate-on-cpu", action="store_true", help="no GPU: run the modes on the CPU (an emulation)")
     parser.add_argument("--json-out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     torch_cuda, ort_cuda, why_not = _cuda_status()
     if not (torch_cuda or ort_cuda) and not args.emulate_on_cpu:
@@ -186,20 +168,21 @@ def main() -> None:
 
     import onnxruntime as ort
     import torch
-    from tokenizers import Tokenizer
 
     from splade_triton.artifacts import reference
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    shapes = Shapes.from_configs(model_configs(args.repository, "gpu", args.overlay))
-    tokenizer = Tokenizer.from_file(str(args.repository / "tokenizer" / "1" / "tokenizer.json"))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=shapes.max_length)
+    try:
+        gpu_pipeline = GpuPipeline.load(args.pipeline, args.onnx)
+    except ValueError as e:
+        raise SystemExit(f"check_gpu_numerics: {e}") from None
+    shapes, onnx_path = gpu_pipeline.shapes, gpu_pipeline.onnx
+    tokenizer = load_tokenizer(gpu_pipeline.tokenizer, shapes.max_length)
     texts = validation_texts(args.texts, list(tokenizer.get_vocab()), seed=0)
     batches = padded_batches(tokenizer, texts, shapes, min(args.batch_size, shapes.encoder_max_batch_size))
 
-    cpu = ort.InferenceSession(str(args.onnx), providers=["CPUExecutionProvider"])
+    cpu = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     expected = activate(np.concatenate([cpu.run(None, {"input_ids": i, "attention_mask": m})[0] for i, m in batches]))
 
     report = {"device": label, "texts": len(texts), "k": args.k, "numerics": {}, "throughput": {}}
@@ -211,7 +194,7 @@ def main() -> None:
     report["onnxruntime"] = ort.__version__
 
     if ort_cuda:
-        session = ort.InferenceSession(str(args.onnx), providers=["CUDAExecutionProvider"])
+        session = ort.InferenceSession(str(onnx_path), providers=["CUDAExecutionProvider"])
         got = activate(np.concatenate([session.run(None, {"input_ids": i, "attention_mask": m})[0] for i, m in batches]))
         report["numerics"]["onnxruntime-cuda-fp32"] = compare_weights(expected, got, args.k)
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Validate a TensorRT plan against ONNX Runtime FP32 on a few hundred texts.
 
 Both run the same padded batches (lengths rounded up like the GPU tokenizer,
@@ -16,7 +15,8 @@ FP32 plan, when the max abs difference exceeds ``--fp32-tolerance``.
 Needs TensorRT, a CUDA GPU and the CUDA runtime library (the GPU image has
 them); without them it exits at once, status 3, with one line.
 
-    python export/validate_engine.py --plan build/engine/model.plan
+    python -m export.validate_engine --plan build/engine/model.plan
+    python -m export.validate_engine --pipeline pipelines/other.toml --plan PLAN
 """
 
 from __future__ import annotations
@@ -31,15 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-
-from splade_triton.artifacts.engine import EXIT_UNAVAILABLE, Unavailable, missing_message, probe_gpu, provenance_path
-from splade_triton.artifacts.numerics import compare_weights, validation_texts
-from splade_triton.artifacts.repository import GPU_OVERLAY, SOURCE, model_configs
-from splade_triton.artifacts.shapes import Shapes
+from splade_triton.artifacts.gpu_probe import Unavailable, require_tensorrt
+from splade_triton.artifacts.numerics import compare_weights, padded_batches, validation_texts
+from splade_triton.artifacts.onnx_graph import OUTPUT
+from splade_triton.artifacts.provenance import provenance_path
+from splade_triton.artifacts.gpu_pipeline import DEFAULT_SPEC, GpuPipeline
+from splade_triton.artifacts.repository import ROOT
 from splade_triton.serving.splade import activate
+from splade_triton.serving.tokens import load_tokenizer
 
-OUTPUT = "pooled_logits"
 _H2D, _D2H = 1, 2
 
 
@@ -116,48 +116,13 @@ class Engine:
         return out
 
 
-def _requirements():
-    problems, trt = [], None
-    try:
-        import tensorrt as trt
-    except Exception as e:
-        problems.append(f"TensorRT is not installed (import tensorrt: {str(e).splitlines()[0] if str(e) else type(e).__name__})")
-    try:
-        probe_gpu(0)
-    except Unavailable as e:
-        problems.append(str(e))
-    cuda = None
-    if not problems:
-        try:
-            cuda = CudaRuntime()
-        except Unavailable as e:
-            problems.append(str(e))
-    if problems:
-        print(missing_message("validate_engine", problems), file=sys.stderr)
-        sys.exit(EXIT_UNAVAILABLE)
-    return trt, cuda
-
-
-def padded_batches(tokenizer, texts, shapes: Shapes, batch_size: int):
-    """(ids, mask) int64 batches, each padded to its longest text's bucket."""
-    encodings = tokenizer.encode_batch(texts, add_special_tokens=True)
-    for start in range(0, len(encodings), batch_size):
-        chunk = encodings[start : start + batch_size]
-        width = shapes.padded_length(max(len(e.ids) for e in chunk))
-        ids = np.zeros((len(chunk), width), dtype=np.int64)
-        mask = np.zeros((len(chunk), width), dtype=np.int64)
-        for row, enc in enumerate(chunk):
-            ids[row, : len(enc.ids)] = enc.ids
-            mask[row, : len(enc.ids)] = 1
-        yield ids, mask
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m export.validate_engine", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plan", type=Path, default=ROOT / "build" / "engine" / "model.plan")
-    parser.add_argument("--onnx", type=Path, default=SOURCE / "encoder" / "1" / "model.onnx")
-    parser.add_argument("--repository", type=Path, default=SOURCE, help="source model repository (tokenizer, settings)")
-    parser.add_argument("--overlay", type=Path, default=GPU_OVERLAY)
+    parser.add_argument("--pipeline", type=Path, default=DEFAULT_SPEC,
+                        help="pipeline spec: its model directory (ONNX graph, tokenizer) and GPU settings")
+    parser.add_argument("--onnx", type=Path, default=None, help="default: <the pipeline's model directory>/model.onnx")
     parser.add_argument("--texts", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--k", type=int, default=50, help="top-k terms whose recall is measured")
@@ -165,23 +130,24 @@ def main() -> None:
     parser.add_argument("--fp32-tolerance", type=float, default=1e-3, help="max abs difference allowed for an FP32 plan")
     parser.add_argument("--record", action="store_true", help="add the figures to the plan's provenance JSON")
     parser.add_argument("--json-out", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    trt, cuda = _requirements()
+    trt, _, cuda = require_tensorrt("validate_engine", CudaRuntime)
     import onnxruntime as ort
-    from tokenizers import Tokenizer
 
-    shapes = Shapes.from_configs(model_configs(args.repository, "gpu", args.overlay))
+    try:
+        gpu_pipeline = GpuPipeline.load(args.pipeline, args.onnx)
+    except ValueError as e:
+        raise SystemExit(f"validate_engine: {e}") from None
+    shapes, onnx_path = gpu_pipeline.shapes, gpu_pipeline.onnx
     provenance_file = provenance_path(args.plan)
     provenance = json.loads(provenance_file.read_text()) if provenance_file.is_file() else {}
     precision = provenance.get("precision", "unknown")
-    tokenizer = Tokenizer.from_file(str(args.repository / "tokenizer" / "1" / "tokenizer.json"))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=shapes.max_length)
+    tokenizer = load_tokenizer(gpu_pipeline.tokenizer, shapes.max_length)
     texts = validation_texts(args.texts, list(tokenizer.get_vocab()), seed=0)
     batch_size = min(args.batch_size, shapes.encoder_max_batch_size)
 
-    session = ort.InferenceSession(str(args.onnx), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     engine = Engine(trt, args.plan, cuda)
     reference, candidate, engine_seconds = [], [], 0.0
     for ids, mask in padded_batches(tokenizer, texts, shapes, batch_size):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,25 +21,23 @@ import pytest
 import yaml
 from tritonclient.grpc import model_config_pb2 as mc
 
-from splade_triton.artifacts import engine
-from splade_triton.artifacts.engine import (
-    EXIT_UNAVAILABLE,
-    Layer,
-    decode_tensorrt_version,
-    expected_provenance,
-    layers_from_onnx,
-    plan_problems,
-    select_fp32_layers,
-)
-from splade_triton.artifacts.numerics import compare_weights, top_terms, validation_texts
-from splade_triton.artifacts.repository import GPU_OVERLAY, assemble, model_configs
+from splade_triton.artifacts.fp32_layers import DEFAULT_FP32_GROUPS, FP32_GROUPS, Layer, layers_from_onnx, select_fp32_layers
+from splade_triton.artifacts.gpu_pipeline import GpuPipeline
+from splade_triton.artifacts.gpu_probe import EXIT_UNAVAILABLE, Unavailable, decode_tensorrt_version, probe_gpu
+from splade_triton.artifacts.gpu_startup import plan_folder, with_queue_delay
+from splade_triton.artifacts.numerics import compare_weights, padded_batches, top_terms, validation_texts
+from splade_triton.artifacts.provenance import expected_provenance, plan_problems
+from splade_triton.artifacts.repository import assemble, pipeline_configs
 from splade_triton.artifacts.shapes import Shapes, engine_profile, read_config
 from splade_triton.artifacts.texts import VARIED_TEXTS
-from tests.conftest import REPOSITORY, ROOT, Server
+from splade_triton.serving.tokens import load_tokenizer
+from tests.conftest import ROOT, Server, default_pipeline
 
-EXPORT = ROOT / "export"
 DOCKER = ROOT / "docker"
-ONNX = REPOSITORY / "encoder" / "1" / "model.onnx"
+MODEL = default_pipeline().model  # the exported model directory of pipelines/splade.toml
+ONNX = MODEL / "model.onnx"
+TOKENIZER = MODEL / "tokenizer.json"
+STEPS = ("tokenizer", "encoder", "sparsify", "ensemble", "embedding")
 
 
 def io_signature(config) -> dict:
@@ -48,77 +47,83 @@ def io_signature(config) -> dict:
     }
 
 
+def configs(device: str, pipeline=None) -> dict:
+    return pipeline_configs(pipeline or default_pipeline(), device)
+
+
 # --- the GPU repository ----------------------------------------------------------
 
 
 def test_cpu_and_gpu_encoders_declare_identical_inputs_outputs_and_dtypes():
-    cpu = read_config(REPOSITORY / "encoder" / "config.pbtxt")
-    gpu = read_config(GPU_OVERLAY / "encoder" / "config.pbtxt")
+    cpu, gpu = configs("cpu")["encoder"], configs("gpu")["encoder"]
     assert io_signature(gpu) == io_signature(cpu)
     assert [i.data_type for i in gpu.input] == [mc.TYPE_INT64, mc.TYPE_INT64]
     assert [o.data_type for o in gpu.output] == [mc.TYPE_FP32]
+    assert gpu.name == cpu.name == "splade_encoder"
 
 
 def test_gpu_encoder_is_a_batched_tensorrt_plan_on_gpu_instances():
-    gpu = read_config(GPU_OVERLAY / "encoder" / "config.pbtxt")
+    gpu, cpu = configs("gpu")["encoder"], configs("cpu")["encoder"]
     assert gpu.platform == "tensorrt_plan" and not gpu.backend
     assert gpu.instance_group and all(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in gpu.instance_group)
     assert gpu.HasField("dynamic_batching")
-    cpu = read_config(REPOSITORY / "encoder" / "config.pbtxt")
     assert gpu.dynamic_batching.default_queue_policy == cpu.dynamic_batching.default_queue_policy
     # An engine takes rectangular batches only; TensorRT needs batch_input for ragged ones.
     assert not any(i.allow_ragged_batch for i in gpu.input)
 
 
-def test_gpu_repository_shares_everything_but_the_encoder(tmp_path):
+def test_gpu_repository_shares_everything_but_the_encoder(tmp_path, repository):
     plan = tmp_path / "engines" / "model.plan"
     plan.parent.mkdir()
     plan.write_bytes(b"not a real plan")
-    out = assemble(tmp_path / "gpu", "gpu", plan=plan)
-    assert sorted(p.name for p in out.iterdir()) == ["encoder", "sparsify", "splade", "tokenizer"]
-    assert (out / "encoder" / "1" / "model.plan").resolve() == plan.resolve()
-    assert not (out / "encoder" / "1" / "model.py").exists()
-    for model in ("tokenizer", "sparsify"):
-        assert (out / model / "1" / "model.py").read_bytes() == (REPOSITORY / model / "1" / "model.py").read_bytes()
-    configs = {m: read_config(out / m / "config.pbtxt") for m in ("tokenizer", "encoder", "sparsify", "splade")}
-    assert configs["splade"] == read_config(REPOSITORY / "splade" / "config.pbtxt")
-    assert configs["encoder"].platform == "tensorrt_plan"
-    tokenizer = configs["tokenizer"]
-    assert tokenizer.parameters["padding"].string_value == "batch"
+    out = assemble(tmp_path / "gpu", [default_pipeline()], device="gpu", plans={"splade": plan})
+    names = sorted(default_pipeline().model_name(step) for step in STEPS)
+    assert sorted(p.name for p in out.iterdir()) == names
+    assert (out / "splade_encoder" / "1" / "model.plan").read_bytes() == plan.read_bytes()
+    assert not (out / "splade_encoder" / "1" / "model.py").exists()
+    for model in ("splade_tokenizer", "splade_sparsify"):
+        assert (out / model / "1" / "model.py").read_bytes() == (repository / model / "1" / "model.py").read_bytes()
+    served = {m: read_config(out / m / "config.pbtxt") for m in names}
+    for ensemble in ("splade", "splade_embedding"):
+        assert served[ensemble] == read_config(repository / ensemble / "config.pbtxt")
+    assert served["splade_encoder"].platform == "tensorrt_plan"
+    tokenizer = served["splade_tokenizer"]
+    assert (tokenizer.parameters["padding"].string_value, tokenizer.parameters["pad_to_multiple_of"].string_value) == ("batch", "32")
     # Everything else of the tokenizer's config is the CPU one.
-    cpu_tokenizer = read_config(REPOSITORY / "tokenizer" / "config.pbtxt")
+    cpu_tokenizer = read_config(repository / "splade_tokenizer" / "config.pbtxt")
     for key in ("padding", "pad_to_multiple_of"):
         del tokenizer.parameters[key], cpu_tokenizer.parameters[key]
     assert tokenizer == cpu_tokenizer
 
 
-def test_cpu_repository_is_the_source(tmp_path):
-    out = assemble(tmp_path / "cpu", "cpu")
-    for config in REPOSITORY.glob("*/config.pbtxt"):
-        assert (out / config.relative_to(REPOSITORY)).read_text() == config.read_text()
+def test_a_gpu_repository_needs_an_existing_plan(tmp_path):
+    with pytest.raises(FileNotFoundError, match="TensorRT plan not found"):
+        assemble(tmp_path / "gpu", [default_pipeline()], device="gpu", plans={"splade": tmp_path / "missing.plan"})
 
 
 def test_queue_delay_is_a_setting(tmp_path):
-    assert model_configs(device="gpu", queue_delay_us=250)["encoder"].dynamic_batching.max_queue_delay_microseconds == 250
-    out = assemble(tmp_path / "gpu", "gpu", queue_delay_us=4000)
-    assert read_config(out / "encoder" / "config.pbtxt").dynamic_batching.max_queue_delay_microseconds == 4000
+    pipeline = with_queue_delay(default_pipeline(), 250)
+    batching = configs("gpu", pipeline)["encoder"].dynamic_batching
+    assert batching.max_queue_delay_microseconds == 250
+    # Only the delay changes: the queue policy of the template stays.
+    assert batching.default_queue_policy == configs("gpu")["encoder"].dynamic_batching.default_queue_policy
+    assert with_queue_delay(default_pipeline(), None) == default_pipeline()
+    out = assemble(tmp_path / "gpu", [with_queue_delay(default_pipeline(), 4000)], device="gpu")
+    assert read_config(out / "splade_encoder" / "config.pbtxt").dynamic_batching.max_queue_delay_microseconds == 4000
     with pytest.raises(ValueError, match="queue delay"):
-        model_configs(device="gpu", queue_delay_us=-1)
+        with_queue_delay(default_pipeline(), -1)
 
 
-def test_an_override_may_not_append_inputs(tmp_path):
-    overlay = tmp_path / "overlay"
-    (overlay / "tokenizer").mkdir(parents=True)
-    (overlay / "tokenizer" / "config.override.pbtxt").write_text('input [ { name: "extra" data_type: TYPE_STRING dims: [ 1 ] } ]')
-    with pytest.raises(ValueError, match="cannot be merged"):
-        model_configs(device="gpu", overlay=overlay)
+def test_plans_are_kept_per_tensorrt_release_and_gpu_family(tmp_path):
+    found = {"tensorrt_version": "10.8.0", "gpu": {"name": "NVIDIA H100 PCIe", "compute_capability": "9.0"}}
+    assert plan_folder(tmp_path, found) == tmp_path / "trt10.8.0-sm9.0"
 
 
 # --- the engine profile: one source of truth ----------------------------------------
 
 
 def gpu_shapes() -> Shapes:
-    return Shapes.from_configs(model_configs(device="gpu"))
+    return Shapes.from_configs(configs("gpu"))
 
 
 def test_profile_covers_every_tokenizer_bucket_and_the_max_batch_size():
@@ -139,15 +144,26 @@ def test_profile_covers_every_tokenizer_bucket_and_the_max_batch_size():
 
 
 def test_profile_follows_the_settings(tmp_path):
-    overlay = tmp_path / "overlay"
-    shutil.copytree(GPU_OVERLAY, overlay)
-    text = (overlay / "encoder" / "config.pbtxt").read_text()
-    (overlay / "encoder" / "config.pbtxt").write_text(re.sub(r"max_batch_size: \d+", "max_batch_size: 128", text))
-    override = overlay / "tokenizer" / "config.override.pbtxt"
-    override.write_text(override.read_text().replace('string_value: "32"', 'string_value: "64"'))
-    shapes = Shapes.from_configs(model_configs(device="gpu", overlay=overlay))
+    pipeline = (default_pipeline()
+                .with_step("encoder", config="max_batch_size: 128")
+                .with_step("tokenizer", parameters={"pad_to_multiple_of": 64}))
+    shapes = Shapes.from_configs(configs("gpu", pipeline))
     assert engine_profile(shapes).max == (128, 512)
     assert shapes.buckets() == list(range(64, 513, 64))
+    # The same settings read back from the assembled repository, and by the GPU tools.
+    out = assemble(tmp_path / "gpu", [pipeline], device="gpu")
+    assert Shapes.from_repository(out, "splade") == shapes
+    assert GpuPipeline.load(pipeline=pipeline).shapes == shapes
+
+
+def test_the_gpu_tools_read_the_pipelines_model_directory(tmp_path):
+    settings = GpuPipeline.load()
+    assert (settings.onnx, settings.tokenizer) == (ONNX, TOKENIZER)
+    assert GpuPipeline.load(onnx=tmp_path / "other.onnx").onnx == tmp_path / "other.onnx"
+    spec = tmp_path / "nomodel.toml"
+    spec.write_text('kind = "splade"\n')
+    with pytest.raises(ValueError, match="names no model directory"):
+        GpuPipeline.load(spec)
 
 
 @pytest.mark.parametrize("multiple", [48, 100])
@@ -165,7 +181,7 @@ def test_profile_refuses_an_encoder_batch_below_a_request():
 
 
 def test_profile_of_the_cpu_settings_covers_all_lengths():
-    shapes = Shapes.from_configs(model_configs(device="cpu"))
+    shapes = Shapes.from_configs(configs("cpu"))
     profile = engine_profile(shapes)
     assert profile.max == (shapes.encoder_max_batch_size, 512)
     assert shapes.buckets() == list(range(1, 513))
@@ -207,14 +223,33 @@ def test_compose_reserves_one_gpu_and_checks_readiness():
     assert any(v.endswith(":/engines") for v in service["volumes"])
 
 
-def test_image_copies_what_it_needs_and_the_entrypoint_parses():
+def dockerfile_copies() -> list[str]:
+    """The sources of the Dockerfile's COPY lines."""
+    sources = []
+    for line in re.findall(r"^COPY (.+)$", (DOCKER / "Dockerfile").read_text(), re.M):
+        sources += [s for s in line.split()[:-1] if not s.startswith("--")]
+    return sources
+
+
+def test_image_copies_what_it_needs_and_runs_the_launcher():
     dockerfile = (DOCKER / "Dockerfile").read_text()
     ignore = (DOCKER / "Dockerfile.dockerignore").read_text()
-    for line in re.findall(r"^COPY (.+)$", dockerfile, re.M):
-        *sources, _ = line.split()
-        for source in sources:
-            assert (ROOT / source).exists(), source
-            assert f"!{source}" in ignore, f"{source} is excluded from the build context"
+    sources = dockerfile_copies()
+    model = str(MODEL.relative_to(ROOT)) + "/"
+    assert set(sources) >= {"splade_triton/", "templates/", "pipelines/", "export/", "requirements/image.txt", model,
+                            "docker/entrypoint.sh"}
+    for source in sources:
+        assert (ROOT / source).exists(), f"{source} (generated ones: run script/setup)"
+        assert f"!{source}" in ignore, f"{source} is excluded from the build context"
+    # The pipeline spec the image serves names the directory it copies.
+    assert default_pipeline().model == ROOT / model.rstrip("/")
+    # The image refuses to build without the exported model.
+    for name in ("model.onnx", "tokenizer.json"):
+        assert f"{name}" in dockerfile and "run script/setup" in dockerfile
+    # Served from WORKDIR with -m, the project not installed: no .pth on sys.path.
+    assert "WORKDIR /opt/splade" in dockerfile
+    assert ".pth" not in dockerfile and "PYTHONPATH" not in dockerfile
+    assert "splade_triton.artifacts.gpu_startup" in dockerfile  # the import check at build time
     subprocess.run(["bash", "-n", str(DOCKER / "entrypoint.sh")], check=True)
 
 
@@ -271,7 +306,7 @@ def test_tensorrt_library_version_decoding():
 @pytest.fixture(scope="module")
 def graph():
     if not ONNX.is_file():
-        pytest.skip("model_repository has no model.onnx: run script/setup")
+        pytest.skip(f"{ONNX} is missing: run script/setup")
     import onnx
 
     return onnx.load(str(ONNX)), layers_from_onnx(onnx.load(str(ONNX)))
@@ -297,7 +332,7 @@ def test_fp32_layers_of_the_exported_graph(graph):
     assert pooling == ["ReduceMax", "Add"]
     (projection,) = selection.output_only
     assert names[projection].op_type == "MatMul"
-    with_decoder = select_fp32_layers(layers, outputs, engine.FP32_GROUPS)
+    with_decoder = select_fp32_layers(layers, outputs, FP32_GROUPS)
     assert with_decoder.groups["decoder"] == [projection] and with_decoder.output_only == []
 
 
@@ -329,10 +364,7 @@ def test_compare_weights_counts_top_terms():
 
 
 def test_validation_texts_are_varied_and_cover_the_buckets():
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(REPOSITORY / "tokenizer" / "1" / "tokenizer.json"))
-    tokenizer.no_padding()  # the file pads to a fixed length; the served tokenizer does not
+    tokenizer = load_tokenizer(TOKENIZER, 512)
     texts = validation_texts(300, list(tokenizer.get_vocab()), seed=0)
     assert len(texts) == 300 and texts[: len(VARIED_TEXTS)] == VARIED_TEXTS
     assert texts == validation_texts(300, list(tokenizer.get_vocab()), seed=0)
@@ -342,25 +374,39 @@ def test_validation_texts_are_varied_and_cover_the_buckets():
     assert len(reached) >= len(shapes.buckets()) - 2, sorted(reached)
 
 
+def test_validation_batches_are_padded_like_the_gpu_tokenizer():
+    tokenizer = load_tokenizer(TOKENIZER, 512)
+    shapes = gpu_shapes()
+    texts = VARIED_TEXTS
+    batches = padded_batches(tokenizer, texts, shapes, 7)
+    assert [len(ids) for ids, _ in batches] == [7, 7, len(texts) - 14]
+    encodings = tokenizer.encode_batch(texts)
+    row = 0
+    for ids, mask in batches:
+        assert ids.dtype == mask.dtype == np.int64 and ids.shape[1] in shapes.buckets()
+        for r in range(len(ids)):
+            n = len(encodings[row].ids)
+            assert ids[r, :n].tolist() == encodings[row].ids and mask[r].sum() == n and not ids[r, n:].any()
+            row += 1
+
+
 # --- the GPU repository's shared models on a real (CPU) tritonserver --------------------
 
 
-def test_gpu_tokenizer_and_sparsify_configs_serve_the_same_vectors(tmp_path):
+def test_gpu_tokenizer_and_sparsify_configs_serve_the_same_vectors(tmp_path, repository):
     """The GPU repository with the CPU encoder in the engine's place: the
-    generated tokenizer (batch padding, 32-token buckets) and sparsify configs
+    assembled tokenizer (batch padding, 32-token buckets) and sparsify configs
     load in Triton and serve the CPU path's vectors."""
-    if not ONNX.is_file():
-        pytest.skip("model_repository has no model.onnx: run script/setup")
-    repository = assemble(tmp_path / "repository", "gpu")
-    shutil.rmtree(repository / "encoder")
-    shutil.copytree(REPOSITORY / "encoder", repository / "encoder", ignore=shutil.ignore_patterns("__pycache__"))
-    server = Server(repository, tmp_path / "server.log")
+    gpu = assemble(tmp_path / "repository", [default_pipeline()], device="gpu")
+    shutil.rmtree(gpu / "splade_encoder")
+    shutil.copytree(repository / "splade_encoder", gpu / "splade_encoder", ignore=shutil.ignore_patterns("__pycache__"))
+    server = Server(gpu, tmp_path / "server.log")
     try:
         server.wait_ready()
         from tests import triton
 
         client = triton.client("grpc", server)
-        served = client.get_model_config("tokenizer").config.parameters
+        served = client.get_model_config("splade_tokenizer").config.parameters
         assert (served["padding"].string_value, served["pad_to_multiple_of"].string_value) == ("batch", "32")
         # Concurrent requests of different lengths, so one tokenizer execution pads several alike.
         texts = VARIED_TEXTS
@@ -368,13 +414,10 @@ def test_gpu_tokenizer_and_sparsify_configs_serve_the_same_vectors(tmp_path):
             results = list(pool.map(lambda t: triton.encode("grpc", client, [t], outputs=("embedding",)), texts))
         got = np.concatenate([r["embedding"] for r in results])
         import onnxruntime as ort
-        from tokenizers import Tokenizer
 
         from splade_triton.serving.splade import activate
 
-        tokenizer = Tokenizer.from_file(str(REPOSITORY / "tokenizer" / "1" / "tokenizer.json"))
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(max_length=512)
+        tokenizer = load_tokenizer(TOKENIZER, 512)
         session = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"])
         expected = []
         for enc in tokenizer.encode_batch(texts):
@@ -398,16 +441,16 @@ def has_tensorrt() -> bool:
 
 def has_gpu() -> bool:
     try:
-        engine.probe_gpu(0)
+        probe_gpu(0)
         return True
-    except engine.Unavailable:
+    except Unavailable:
         return False
 
 
 @pytest.mark.skipif(has_tensorrt(), reason="TensorRT is installed here")
-@pytest.mark.parametrize("tool", ["build_engine.py", "validate_engine.py"])
+@pytest.mark.parametrize("tool", ["export.build_engine", "export.validate_engine"])
 def test_without_tensorrt_the_tools_exit_with_one_line(tool):
-    result = run_tool(EXPORT / tool)
+    result = run_tool("-m", tool)
     assert result.returncode == EXIT_UNAVAILABLE, result.stderr
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
@@ -422,8 +465,8 @@ def test_without_a_gpu_the_build_says_so(tmp_path):
     # A stand-in `tensorrt` module, importable and nothing more, so that only the
     # missing GPU is left to report (its code is never called).
     (tmp_path / "tensorrt.py").write_text('__version__ = "10.8.0.43"\n')
-    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
-    result = run_tool(EXPORT / "build_engine.py", env=env)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = run_tool("-m", "export.build_engine", env=env)
     assert result.returncode == EXIT_UNAVAILABLE, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert "TensorRT is not installed" not in line
@@ -431,24 +474,29 @@ def test_without_a_gpu_the_build_says_so(tmp_path):
 
 
 @pytest.mark.skipif(has_gpu(), reason="a CUDA GPU is visible here")
-def test_without_a_gpu_the_serve_time_tools_exit_with_one_line(tmp_path):
+def test_without_a_gpu_the_start_up_commands_exit_with_one_line(tmp_path):
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"")
-    for args in (["-m", "splade_triton.artifacts.engine", "check", "--plan", plan],
-                 ["-m", "splade_triton.artifacts.engine", "prepare", "--engines", tmp_path / "e", "--output", tmp_path / "r"]):
+    startup = ("-m", "splade_triton.artifacts.gpu_startup")
+    for args in ([*startup, "check", "--plan", plan],
+                 [*startup, "prepare", "--engines", tmp_path / "e", "--output", tmp_path / "r"],
+                 [*startup, "probe"]):
         result = run_tool(*args)
         assert result.returncode == EXIT_UNAVAILABLE, result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        if "probe" not in args:
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_dry_run_prints_the_profile_and_fp32_layers_without_tensorrt():
     if not ONNX.is_file():
-        pytest.skip("model_repository has no model.onnx: run script/setup")
-    result = run_tool(EXPORT / "build_engine.py", "--dry-run")
+        pytest.skip(f"{ONNX} is missing: run script/setup")
+    result = run_tool("-m", "export.build_engine", "--dry-run")
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["profile"]["max"] == [64, 512] and plan["tokenizer_buckets"][-1] == 512
-    assert set(plan["fp32_layers"]) == set(engine.DEFAULT_FP32_GROUPS)
+    assert set(plan["fp32_layers"]) == set(DEFAULT_FP32_GROUPS)
 
 
 # --- on a machine with TensorRT and a GPU ------------------------------------------------
@@ -461,22 +509,22 @@ needs_tensorrt_gpu = pytest.mark.skipif(
 @needs_tensorrt_gpu
 def test_engine_builds_validates_and_passes_the_serve_check(tmp_path):
     plan = tmp_path / "model.plan"
-    built = run_tool(EXPORT / "build_engine.py", "--output", plan, timeout=1800)
+    built = run_tool("-m", "export.build_engine", "--output", plan, timeout=1800)
     assert built.returncode == 0, built.stderr[-3000:]
     provenance = json.loads((tmp_path / "model.plan.json").read_text())
     assert provenance["profile"]["max"] == [64, 512] and provenance["precision"] == "fp16"
-    validated = run_tool(EXPORT / "validate_engine.py", "--plan", plan, "--record", timeout=1800)
+    validated = run_tool("-m", "export.validate_engine", "--plan", plan, "--record", timeout=1800)
     assert validated.returncode == 0, validated.stdout + validated.stderr[-3000:]
     assert json.loads((tmp_path / "model.plan.json").read_text())["validation"]["topk_recall"] >= 0.99
     if shutil.which("tritonserver") or Path("/opt/tritonserver").is_dir():
-        checked = run_tool("-m", "splade_triton.artifacts.engine", "check", "--plan", plan)
+        checked = run_tool("-m", "splade_triton.artifacts.gpu_startup", "check", "--plan", plan)
         assert checked.returncode == 0, checked.stderr
 
 
 @pytest.mark.skipif(not has_gpu(), reason="needs a CUDA GPU")
 def test_cuda_fp16_numerics_of_the_exported_graph(tmp_path):
     out = tmp_path / "numerics.json"
-    result = run_tool(EXPORT / "check_gpu_numerics.py", "--no-throughput", "--json-out", out, timeout=1800)
+    result = run_tool("-m", "export.check_gpu_numerics", "--no-throughput", "--json-out", out, timeout=1800)
     if result.returncode == EXIT_UNAVAILABLE:
         pytest.skip(result.stderr.strip())
     assert result.returncode == 0, result.stderr[-3000:]

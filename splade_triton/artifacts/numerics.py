@@ -1,7 +1,7 @@
 """Fidelity of a reduced-precision encoder against the FP32 reference.
 
-Used by export/validate_engine.py (TensorRT plan vs ONNX Runtime FP32) and
-export/check_gpu_numerics.py (CUDA FP16 through torch / onnxruntime). Pure
+Used by ``export.validate_engine`` (TensorRT plan vs ONNX Runtime FP32) and
+``export.check_gpu_numerics`` (CUDA FP16 through torch / onnxruntime). Pure
 numpy; no GPU needed to import or test.
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from splade_triton.artifacts.texts import VARIED_TEXTS
+from splade_triton.serving.tokens import pad_ids
 
-__all__ = ["compare_weights", "top_terms", "validation_texts"]
+__all__ = ["compare_weights", "padded_batches", "top_terms", "validation_texts"]
 
 _QUERY_TEMPLATES = (
     "what is {0}",
@@ -59,6 +60,17 @@ def validation_texts(count: int, vocabulary: list[str], seed: int = 0) -> list[s
             text = f"{text} {extra[: int(rng.integers(1, max(2, len(extra))))]}"
         texts.append(text)
     return texts
+
+
+def padded_batches(tokenizer, texts, shapes, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(ids, mask) int64 batches of ``texts`` in order, each padded to its longest
+    text's length bucket (``shapes.padded_length``), as the GPU tokenizer pads them."""
+    encodings = tokenizer.encode_batch(list(texts), add_special_tokens=True)
+    batches = []
+    for start in range(0, len(encodings), batch_size):
+        chunk = encodings[start : start + batch_size]
+        batches.append(pad_ids(chunk, shapes.padded_length(max(len(e.ids) for e in chunk))))
+    return batches
 
 
 def top_terms(weights: np.ndarray, k: int) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""Shapes the encoder must accept, read from the model configs (one source of truth).
+"""Shapes the encoder must accept, read from a pipeline's configs (one source of truth).
 
 A TensorRT engine accepts only the input shapes of its optimization profile,
 so the profile is derived here from the same config.pbtxt settings that decide
@@ -71,23 +71,25 @@ class Shapes:
     padding: str  # "request" | "batch"
 
     @classmethod
-    def from_configs(cls, configs: dict[str, model_config_pb2.ModelConfig], ensemble: str = "splade") -> "Shapes":
-        """Read the settings from parsed configs keyed by model name."""
+    def from_configs(cls, configs: dict[str, model_config_pb2.ModelConfig]) -> "Shapes":
+        """Read the settings from a pipeline's configs keyed by step
+        (``repository.pipeline_configs``): tokenizer, encoder, ensemble."""
         tokenizer, encoder = configs["tokenizer"], configs["encoder"]
         return cls(
             encoder_max_batch_size=encoder.max_batch_size,
-            request_max_batch_size=configs[ensemble].max_batch_size,
+            request_max_batch_size=configs["ensemble"].max_batch_size,
             max_length=_positive_int(tokenizer, "max_length", "512"),
             pad_to_multiple_of=_positive_int(tokenizer, "pad_to_multiple_of", "1"),
             padding=_parameter(tokenizer, "padding", "request"),
         )
 
     @classmethod
-    def from_repository(cls, repository: Path) -> "Shapes":
-        """Read the settings from an assembled model repository on disk."""
+    def from_repository(cls, repository: Path, name: str = "splade") -> "Shapes":
+        """Read the settings of pipeline ``name`` from an assembled model repository on disk
+        (its models ``<name>_tokenizer``, ``<name>_encoder`` and the ensemble ``<name>``)."""
         repository = Path(repository)
-        names = ("tokenizer", "encoder", "splade")
-        return cls.from_configs({n: read_config(repository / n / "config.pbtxt") for n in names})
+        served = {"tokenizer": f"{name}_tokenizer", "encoder": f"{name}_encoder", "ensemble": name}
+        return cls.from_configs({step: read_config(repository / model / "config.pbtxt") for step, model in served.items()})
 
     def padded_length(self, tokens: int) -> int:
         """The length the tokenizer pads a text of ``tokens`` tokens to (at least)."""
@@ -135,7 +137,7 @@ def engine_profile(shapes: Shapes, opt_batch: int | None = None, opt_seq: int | 
     max_batch_size, and throughput is decided there) of 128-token texts, the
     bucket typical passages fall in: an indexing workload spends most of the
     GPU's time on such batches, while short queries are cheap at any choice.
-    Both can be set (``--opt-batch`` / ``--opt-seq`` of export/build_engine.py).
+    Both can be set (``--opt-batch`` / ``--opt-seq`` of ``python -m export.build_engine``).
 
     Raises ValueError when the settings cannot make a correct fixed-shape
     encoder: padding beyond ``max_length`` would give positions the model has
