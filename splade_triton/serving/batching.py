@@ -23,16 +23,18 @@ def plan_chunks(lengths, max_batch_tokens: int, max_batch_size: int = 0) -> list
         raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(lengths, kind="stable")
+    ordered = lengths[order]
     chunks: list[np.ndarray] = []
-    start = 0
-    for end in range(1, order.size + 1):
-        if end == order.size:
-            chunks.append(order[start:end])
-            break
-        # Sorted ascending, so the next text is the longest if it joins.
-        size = end - start + 1
-        too_many = max_batch_size and size > max_batch_size
-        if too_many or size * lengths[order[end]] > max_batch_tokens:
-            chunks.append(order[start:end])
-            start = end
+    start, n = 0, order.size
+    while start < n:
+        # Sorted ascending, so a chunk of k texts from ``start`` pads to
+        # ordered[start + k - 1]: its size k * that length grows with k, and
+        # the largest k within the budget is one binary search (a loop per
+        # chunk, not per text).
+        padded = np.arange(1, n - start + 1) * ordered[start:]
+        take = max(int(np.searchsorted(padded, max_batch_tokens, side="right")), 1)
+        if max_batch_size:
+            take = min(take, max_batch_size)
+        chunks.append(order[start : start + take])
+        start += take
     return chunks

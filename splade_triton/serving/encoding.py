@@ -39,6 +39,14 @@ class RaggedEncoder:
         """
         if not batches:
             return []
+        if len(batches) == 1:
+            ids, mask = batches[0]
+            if ids.shape[0] * ids.shape[1] <= self.max_batch_tokens and mask.all():
+                # One request without padding (a lone text): nothing to regroup.
+                pooled = self._output(ids.shape[0])
+                feeds = {"input_ids": ids.astype(np.int64, copy=False), "attention_mask": mask.astype(np.int64, copy=False)}
+                pooled[:] = self.session.run(None, feeds)[0]
+                return [pooled]
         # Every text's tokens, padding stripped, end to end (row-major order
         # keeps each row's tokens in order); no per-row Python loop.
         keeps = [mask.astype(bool, copy=False) for _, mask in batches]

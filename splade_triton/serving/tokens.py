@@ -14,8 +14,7 @@ only: no per-row Python loop over the ids.
 from __future__ import annotations
 
 import os
-from itertools import chain
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -77,9 +76,21 @@ def pad_ids(rows: Sequence, length: int | None = None, dtype=np.int64) -> tuple[
     ``length`` defaults to the longest row and must not be shorter; padding
     ids are 0 with mask 0, as BERT-style encoders expect.
     """
-    lists: list[Iterable[int]] = [r.ids if hasattr(r, "ids") else r for r in rows]
+    lists = [r.ids if hasattr(r, "ids") else r for r in rows]
     lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
-    flat = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(lengths.sum()))
-    starts = np.zeros(len(lists), dtype=np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    return pad_segments(flat, starts, lengths, length, dtype)
+    longest = int(lengths.max()) if lengths.size else 0
+    length = longest if length is None else int(length)
+    if length < longest:
+        raise ValueError(f"cannot pad rows of up to {longest} tokens to {length}")
+    mask = np.arange(length, dtype=np.int64) < lengths[:, None]
+    ids = np.zeros(mask.shape, dtype=dtype)
+    if len(lists) == 1:
+        ids[0, :longest] = lists[0]
+    else:
+        # One C-level conversion of all ids, written row-major into the
+        # mask's True cells: exactly each row's tokens, left-aligned.
+        flat: list[int] = []
+        for row in lists:
+            flat += row
+        ids[mask] = flat
+    return ids, mask.astype(dtype)
