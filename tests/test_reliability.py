@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from splade_triton.launcher.server import ADMIN_HEADER
+from client.core import SpladeClient
+from splade_triton.launcher.admin import ADMIN_HEADER
 from tests import triton
-from tests.conftest import REPOSITORY, Server, copy_repository, running
+from tests.conftest import Server, assemble_variant, running
 
 QUERY = "what is the capital of france"
 PASSAGE = " ".join(["the quick brown fox jumps over the lazy dog near the river bank"] * 30)  # ~400 tokens
@@ -115,11 +116,9 @@ def test_huge_min_weight_keeps_no_terms(protocol, server):
 @pytest.fixture(scope="module")
 def small_queue_server(tmp_path_factory):
     """The repository with a 2-request queue on the encoder, to overload it on purpose."""
-    repository = copy_repository(tmp_path_factory.mktemp("small-queue"))
-    config = repository / "encoder" / "config.pbtxt"
-    text = config.read_text()
-    assert "max_queue_size: 128" in text
-    config.write_text(text.replace("max_queue_size: 128", "max_queue_size: 2"))
+    repository = assemble_variant(tmp_path_factory.mktemp("small-queue"),
+                                  encoder={"config": "dynamic_batching { default_queue_policy { max_queue_size: 2 } }"})
+    assert "max_queue_size: 2" in (repository / "splade_encoder" / "config.pbtxt").read_text()
     with running(repository, repository.parent / "server.log") as srv:
         yield srv
 
@@ -148,14 +147,14 @@ def test_overload_is_refused_fast_and_clearly(small_queue_server):
 
 
 @pytest.fixture
-def own_server(tmp_path):
-    with running(REPOSITORY, tmp_path / "server.log") as srv:
+def own_server(repository, tmp_path):
+    with running(repository, tmp_path / "server.log") as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def stub_server(tmp_path_factory):
-    with running(REPOSITORY, tmp_path_factory.mktemp("stubs") / "server.log") as srv:
+def stub_server(repository, tmp_path_factory):
+    with running(repository, tmp_path_factory.mktemp("stubs") / "server.log") as srv:
         yield srv
 
 
@@ -216,7 +215,7 @@ def test_requests_in_flight_on_a_killed_stub_get_an_error_not_a_hang(stub_server
     try:
         time.sleep(1.0)  # requests queued and running in the encoder
         REGIONS.update(s.shm_region for s in server.stubs())
-        victim = stub_of(server, "encoder")
+        victim = stub_of(server, "splade_encoder")
         os.kill(victim.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         time.sleep(0.5)
@@ -232,7 +231,7 @@ def test_requests_in_flight_on_a_killed_stub_get_an_error_not_a_hang(stub_server
     assert max(seconds for _, seconds in outcomes) < HANG
     wait_until_served(server)
     recovery = time.monotonic() - killed_at
-    assert stub_of(server, "encoder").pid != victim.pid
+    assert stub_of(server, "splade_encoder").pid != victim.pid
     with capsys.disabled():
         messages = sorted({re.sub(r"\d+", "N", e.message())[:90] for e in errors})
         slowest = max(seconds for r, seconds in outcomes if isinstance(r, InferenceServerException))
@@ -240,7 +239,7 @@ def test_requests_in_flight_on_a_killed_stub_get_an_error_not_a_hang(stub_server
               f"the slowest after {slowest:.1f} s; served again {recovery:.1f} s after the kill")
 
 
-@pytest.mark.parametrize("model", ["tokenizer", "encoder", "sparsify"])
+@pytest.mark.parametrize("model", ["splade_tokenizer", "splade_encoder", "splade_sparsify"])
 def test_a_killed_stub_is_replaced_without_restarting_tritonserver(stub_server, model, capsys):
     server_pid = stub_server.tritonserver_pid()
     seconds = kill_and_recover(stub_server, model)
@@ -251,9 +250,9 @@ def test_a_killed_stub_is_replaced_without_restarting_tritonserver(stub_server, 
 
 def test_after_dead_stubs_sigterm_still_exits_0_and_frees_shared_memory(stub_server):
     # One stub replaced earlier, one dead right now: Triton never unloads either.
-    kill_and_recover(stub_server, "sparsify")
+    kill_and_recover(stub_server, "splade_sparsify")
     REGIONS.update(s.shm_region for s in stub_server.stubs())
-    os.kill(stub_of(stub_server, "encoder").pid, signal.SIGKILL)
+    os.kill(stub_of(stub_server, "splade_encoder").pid, signal.SIGKILL)
     start = time.monotonic()
     assert stub_server.stop() == 0, stub_server.log()[-3000:]
     assert time.monotonic() - start < HANG
@@ -277,7 +276,7 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(own_server, capsys):
         assert not all(f.done() for f in futures), "the requests finished before the signal"
         server.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        time.sleep(0.3)
+        time.sleep(0.5)
         late = timed(lambda: triton.encode("grpc", triton.client("grpc", server), [QUERY]))[0]
         results = [f.result(timeout=HANG + 30) for f in futures]
     code = server.process.wait(90)
@@ -285,8 +284,8 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(own_server, capsys):
     for result, _ in results:
         assert not isinstance(result, InferenceServerException), result
         assert result["indices"].shape[0] == 8
-    # Refused once the signal arrived: no new work is taken on.
-    assert isinstance(late, Exception)
+    # Refused once the signal arrived, with a status clients retry (not NOT_FOUND).
+    assert isinstance(late, InferenceServerException) and late.status() == "StatusCode.UNAVAILABLE", late
     assert code == 0, server.log()[-3000:]
     assert re.search(r"splade-triton: drained in [0-9.]+ s", server.log())
     with capsys.disabled():
@@ -298,13 +297,17 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(own_server, capsys):
 
 
 def test_missing_or_corrupt_model_files_fail_the_load_and_name_the_file(tmp_path):
-    repository = copy_repository(tmp_path)
-    onnx = repository / "encoder" / "1" / "model.onnx"
+    # Fault injection on an assembled copy (files are hard links: replace, never write through).
+    repository = assemble_variant(tmp_path)
+    onnx = repository / "splade_encoder" / "1" / "model.onnx"
+    onnx.unlink()
     onnx.write_bytes(b"not an onnx graph" * 100)
-    missing = repository / "tokenizer" / "1" / "tokenizer.json"
+    missing = repository / "splade_tokenizer" / "1" / "tokenizer.json"
     missing.unlink()
-    truncated = repository / "sparsify" / "1" / "tokenizer.json"
-    truncated.write_text(truncated.read_text()[:1000])
+    truncated = repository / "splade_sparsify" / "1" / "tokenizer.json"
+    text = truncated.read_text()
+    truncated.unlink()
+    truncated.write_text(text[:1000])
     server = Server(repository, tmp_path / "server.log")
     try:
         deadline = time.monotonic() + 120
@@ -313,12 +316,12 @@ def test_missing_or_corrupt_model_files_fail_the_load_and_name_the_file(tmp_path
             assert server.process.poll() is None, server.log()[-3000:]
             try:
                 states = {m["name"]: m for m in repository_index(server)}
-                if all(m.get("state") not in ("LOADING", None) for n, m in states.items() if n != "splade"):
+                if all(m.get("state") not in ("LOADING", None) for n, m in states.items() if n not in ("splade", "splade_embedding")):
                     break
             except OSError:
                 pass
             time.sleep(0.25)
-        for model, path in (("encoder", onnx), ("tokenizer", missing), ("sparsify", truncated)):
+        for model, path in (("splade_encoder", onnx), ("splade_tokenizer", missing), ("splade_sparsify", truncated)):
             assert states[model]["state"] == "UNAVAILABLE"
             assert str(path) in states[model]["reason"]
             assert f"failed to load '{model}'" in server.log()
@@ -328,3 +331,81 @@ def test_missing_or_corrupt_model_files_fail_the_load_and_name_the_file(tmp_path
             urllib.request.urlopen(f"http://{server.http_url}/v2/models/splade/ready", timeout=5)
     finally:
         assert server.stop() == 0
+
+
+def test_a_draining_server_answers_retryable_statuses(own_server):
+    """New requests during the drain: gRPC UNAVAILABLE, HTTP 503 or a refused connection; never NOT_FOUND."""
+    server = own_server
+
+    def call(i):
+        return timed(lambda: triton.encode("grpc", triton.client("grpc", server), [f"{i} {PASSAGE}"] * 8,
+                                           outputs=("indices",)))
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(call, i) for i in range(8)]
+        time.sleep(1.0)
+        server.send_signal(signal.SIGTERM)
+        late = []
+        deadline = time.monotonic() + 60
+        while server.process.poll() is None and time.monotonic() < deadline:
+            for protocol in ("grpc", "http"):
+                try:
+                    triton.encode(protocol, triton.client(protocol, server), [QUERY], outputs=("indices",))
+                    late.append((protocol, "served"))
+                except InferenceServerException as e:
+                    late.append((protocol, e.status()))
+                except Exception as e:  # noqa: BLE001 - a refused connection
+                    late.append((protocol, type(e).__name__))
+            time.sleep(0.05)
+        results = [f.result(timeout=HANG + 30) for f in futures]
+    assert not [r for r, _ in results if isinstance(r, InferenceServerException)]
+    statuses = {status for _, status in late}
+    assert statuses & {"StatusCode.UNAVAILABLE", "503"}, late
+    assert statuses <= {"served", "StatusCode.UNAVAILABLE", "503", "ConnectionRefusedError", "HTTPConnectionClosed"}, late
+    assert not [x for x in late if "NOT_FOUND" in x[1] or x[1] in ("404", "400")], late
+
+
+def test_rolling_restart_loses_no_request(repository, tmp_path, capsys):
+    """A client with retries keeps encoding while its server drains and a replacement starts on the same ports."""
+    first = Server(repository, tmp_path / "first.log")
+    first.wait_ready()
+    ports = (first.http_port, first.grpc_port, first.metrics_port)
+    stop = threading.Event()
+    done, failed = [], []
+
+    def keep_encoding(i, protocol):
+        port = ports[0] if protocol == "http" else ports[1]
+        with SpladeClient(f"{protocol}://127.0.0.1:{port}", retries=12, backoff=0.25, max_backoff=2.0) as c:
+            n = 0
+            while not stop.is_set():
+                try:
+                    vectors = c.encode([f"{i} {n} {QUERY}", PASSAGE])
+                    assert len(vectors) == 2
+                    done.append(1)
+                except Exception as e:  # noqa: BLE001 - counted as lost
+                    failed.append(repr(e))
+                n += 1
+
+    senders = [threading.Thread(target=keep_encoding, args=(i, "grpc" if i % 2 else "http")) for i in range(4)]
+    second = None
+    try:
+        for t in senders:
+            t.start()
+        time.sleep(2)
+        first.send_signal(signal.SIGTERM)
+        assert first.process.wait(90) == 0, first.log()[-3000:]
+        before = len(done)
+        second = Server(repository, tmp_path / "second.log", ports=ports)
+        second.wait_ready()
+        time.sleep(3)
+    finally:
+        stop.set()
+        for t in senders:
+            t.join(120)
+        first.stop()
+        if second is not None:
+            second.stop()
+    assert not failed, failed[:3]
+    assert len(done) > before > 0
+    with capsys.disabled():
+        print(f"\nrolling restart: {len(done)} requests, {len(failed)} lost ({before} before the replacement)")
