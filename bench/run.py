@@ -27,8 +27,7 @@ import datetime
 import json
 import os
 import platform
-import shutil
-import socket
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from bench import flops, workloads
-from splade_triton.launcher.server import ServerOptions, command, environment
+from splade_triton.artifacts.repository import assemble, default_pipelines
+from splade_triton.launcher.harness import Launched
+from splade_triton.launcher.stubs import cpu_seconds as process_cpu_seconds, stub_processes
 from splade_triton.serving.splade import activate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,21 +104,15 @@ def prepare_bert_base(dest: Path) -> Path:
 
 
 def prepare_repository(name: str, model_dir: Path) -> Path:
-    """A model repository for this model: the project's own, or a copy exported here."""
+    """A model repository for this model: the project's own, or the default pipeline on an export made here."""
     if name == "splade-tiny":
         return ROOT / "model_repository"
-    repository = BUILD / name / "model_repository"
-    # Configs and model code always as committed; only the export is cached.
-    shutil.copytree(
-        ROOT / "model_repository", repository, dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns("*.onnx", "tokenizer*.json", "export_info.json", "__pycache__"),
-    )
-    if not (repository / "encoder" / "1" / "model.onnx").is_file():
-        subprocess.run(
-            [sys.executable, str(ROOT / "export" / "export_onnx.py"), "--model", str(model_dir), "--repository", str(repository)],
-            check=True,
-        )
-    return repository
+    exported = BUILD / name / "exported"
+    if not (exported / "model.onnx").is_file():
+        subprocess.run([sys.executable, str(ROOT / "export" / "export_onnx.py"), "--model", str(model_dir),
+                        "--output", str(exported)], check=True)
+    pipeline = next(p for p in default_pipelines() if p.name == "splade")
+    return assemble(BUILD / name / "model_repository", [dataclasses.replace(pipeline, model=exported)])
 
 
 def unfused_onnx(name: str, model_dir: Path) -> Path:
@@ -174,10 +169,10 @@ def best_rate(fn, count: int, repeat: int) -> float:
 
 
 def in_process(model: dict, texts: list[str], threads: int, repeat: int, batch_sizes: list[int]) -> dict:
-    tokenizer = workloads.load_tokenizer(model["repository"] / "tokenizer" / "1" / "tokenizer.json")
+    tokenizer = workloads.load_tokenizer(model["repository"] / "splade_tokenizer" / "1" / "tokenizer.json")
     results = {}
 
-    fused = ort_session(model["repository"] / "encoder" / "1" / "model.onnx", threads)
+    fused = ort_session(model["repository"] / "splade_encoder" / "1" / "model.onnx", threads)
     for grouped in (True, False):
         for bs in batch_sizes:
             feeds = batches(tokenizer, texts, bs, grouped)
@@ -218,8 +213,8 @@ def in_process(model: dict, texts: list[str], threads: int, repeat: int, batch_s
 def int8_figures(name: str, model: dict, texts: list[str], threads: int, repeat: int, batch_size: int) -> dict:
     from bench import int8
 
-    tokenizer = workloads.load_tokenizer(model["repository"] / "tokenizer" / "1" / "tokenizer.json")
-    fp32 = model["repository"] / "encoder" / "1" / "model.onnx"
+    tokenizer = workloads.load_tokenizer(model["repository"] / "splade_tokenizer" / "1" / "tokenizer.json")
+    fp32 = model["repository"] / "splade_encoder" / "1" / "model.onnx"
     quantized = int8.quantize(fp32, BUILD / name / "model.int8.onnx")
     return int8.compare(fp32, quantized, batches(tokenizer, texts, batch_size, True), len(texts), threads, repeat)
 
@@ -227,32 +222,20 @@ def int8_figures(name: str, model: dict, texts: list[str], threads: int, repeat:
 # --------------------------------------------------------------------------- served
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Served(Launched):
+    """The launcher (as script/serve runs it) on free 127.0.0.1 ports, with Triton's per-model statistics.
 
+    A readiness timeout or failure stops everything it started (no tritonserver,
+    port or /dev/shm region is left behind).
+    """
 
-class Served:
-    """tritonserver on free 127.0.0.1 ports, with Triton's per-model statistics."""
-
-    def __init__(self, repository: Path, log: Path):
-        self.options = ServerOptions(str(repository), http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-        self.log = open(log, "wb")
-        self.process = subprocess.Popen(command(self.options), env=environment(), stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"tritonserver exited with {self.process.returncode}; see {log}")
-            try:
-                with urllib.request.urlopen(f"http://{self.url('http')}/v2/health/ready", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.3)
-        raise SystemExit(f"tritonserver not ready; see {log}")
-
-    def url(self, protocol: str) -> str:
-        return f"127.0.0.1:{self.options.http_port if protocol == 'http' else self.options.grpc_port}"
+    def __init__(self, repository: Path, log: Path, ready_timeout_s: float = 180.0):
+        super().__init__(repository, log, ready_timeout_s=ready_timeout_s)
+        self.start()
+        try:
+            self.wait_ready()
+        except Exception as e:
+            raise SystemExit(f"the server did not become ready ({e.__class__.__name__}); see {log}") from None
 
     def stats(self) -> dict:
         with urllib.request.urlopen(f"http://{self.url('http')}/v2/models/stats", timeout=10) as r:
@@ -271,24 +254,13 @@ class Served:
             }
         return out
 
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(60)
-        self.log.close()
-
 
 def cpu_seconds(served: "Served") -> dict[str, float]:
     """CPU time (user + system) so far of tritonserver and of each model's stubs."""
-    from splade_triton.launcher.server import stub_processes
-
-    def seconds(pid: int) -> float:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    out = {"tritonserver": seconds(served.process.pid)}
-    for stub in stub_processes(served.process.pid):
-        out[stub.model] = out.get(stub.model, 0.0) + seconds(stub.pid)
+    server = served.tritonserver_pid()
+    out = {"tritonserver": process_cpu_seconds(server)}
+    for stub in stub_processes(server):
+        out[stub.model] = out.get(stub.model, 0.0) + process_cpu_seconds(stub.pid)
     return out
 
 
@@ -296,7 +268,7 @@ def stage_figures(before: dict, after: dict) -> dict:
     """Per model: texts per execution; per request, mean queue time and the mean
     duration of the execution that served it (Triton counts compute per request)."""
     out = {}
-    for name in ("tokenizer", "encoder", "sparsify", "splade"):
+    for name in ("splade_tokenizer", "splade_encoder", "splade_sparsify", "splade"):
         d = {k: after[name][k] - before[name][k] for k in after[name]}
         if not d["requests"]:
             continue
@@ -419,7 +391,7 @@ def main(argv=None) -> None:
         repository = args.repository if args.repository and name == "splade-tiny" else prepare_repository(name, model_dir)
         model = {"dir": model_dir, "repository": repository, "unfused": unfused_onnx(name, model_dir)}
         config = AutoConfig.from_pretrained(model_dir)
-        tokenizer = workloads.load_tokenizer(model["repository"] / "tokenizer" / "1" / "tokenizer.json")
+        tokenizer = workloads.load_tokenizer(model["repository"] / "splade_tokenizer" / "1" / "tokenizer.json")
         small = name == "splade-tiny"
         n = counts or {"queries": 512 if small else 128, "passages": 256 if small else 48}
         entry = report["models"][name] = {}

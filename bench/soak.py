@@ -22,15 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -41,17 +36,12 @@ from tokenizers import Tokenizer
 from tritonclient.utils import InferenceServerException
 
 from bench import workloads
-from splade_triton.launcher.server import ADMIN_KEY_ENV, launched_tritonserver, stub_processes
+from splade_triton.launcher.harness import Launched
+from splade_triton.launcher.stubs import stub_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = {"grpc": grpcclient, "http": httpclient}
 SHM = Path("/dev/shm")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_kib(pid: int) -> int:
@@ -67,40 +57,18 @@ def shm_used() -> int:
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
-class Service:
-    """The launcher and its tritonserver, on free ports of 127.0.0.1."""
+class Service(Launched):
+    """The launcher and its tritonserver, on free ports of 127.0.0.1 (the project's harness)."""
 
     def __init__(self, repository: Path, log_path: Path):
-        self.http_port, self.grpc_port, metrics_port = free_port(), free_port(), free_port()
-        self.log = open(log_path, "wb")
-        args = [sys.executable, "-m", "splade_triton.launcher.server", "--model-repository", str(repository),
-                "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-                "--metrics-port", str(metrics_port)]
-        env = {**os.environ, ADMIN_KEY_ENV: secrets.token_urlsafe(16)}
-        self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        super().__init__(repository, log_path)
+        self.start()
 
-    def url(self, protocol: str) -> str:
-        return f"127.0.0.1:{self.grpc_port if protocol == 'grpc' else self.http_port}"
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"the server exited with {self.process.returncode}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.25)
-        raise SystemExit("the server did not become ready")
-
-    def tritonserver_pid(self) -> int:
-        pid = launched_tritonserver(self.process.pid)
-        if pid is None:
-            raise SystemExit("no tritonserver under the launcher")
-        return pid
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        try:
+            super().wait_ready(timeout_s)
+        except RuntimeError as e:
+            raise SystemExit(f"the server did not become ready: {e}") from None
 
     def memory(self) -> dict:
         """RSS (KiB) of tritonserver and each stub; bytes of the stubs' /dev/shm regions."""
@@ -111,12 +79,6 @@ class Service:
         regions = {s.shm_region for s in stubs}
         return {"rss_kib": rss, "regions": sorted(regions),
                 "regions_bytes": sum((SHM / r).stat().st_size for r in regions if (SHM / r).exists())}
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(120)
-        self.log.close()
-        return code
 
 
 def make_requests(tokenizer: Tokenizer) -> list[list[str]]:
@@ -282,7 +244,7 @@ def main(argv=None) -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
-    tokenizer = Tokenizer.from_file(str(args.repository / "tokenizer" / "1" / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(args.repository / "splade_tokenizer" / "1" / "tokenizer.json"))
     requests = make_requests(tokenizer)
     shm_before = shm_used()
     log_path = Path(tempfile.mkdtemp(prefix="soak-")) / "server.log"

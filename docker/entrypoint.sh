@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Start-up of the GPU image: find (or build, and validate) the TensorRT plan
 # for this GPU in the engines volume, assemble the GPU repository, then exec
-# tritonserver. Arguments are passed on to tritonserver.
+# the launcher (python3 -m splade_triton.launcher, from /opt/splade): it runs
+# the image's /opt/tritonserver as its child, reloads a model whose Python stub
+# dies, and drains on SIGTERM (new requests UNAVAILABLE, in-flight ones
+# finished). Arguments are passed on to tritonserver.
 #
 # Settings (environment):
 #   SPLADE_ENGINE_DIR      plans, kept across restarts (default /engines, a volume)
@@ -9,7 +12,9 @@
 #   SPLADE_BUILD_ENGINE    auto (default): build when no plan matches | never: refuse
 #   SPLADE_VALIDATE_TEXTS  texts to validate a new plan on against ONNX Runtime FP32 (0: skip)
 #   SPLADE_QUEUE_DELAY_US  the encoder's dynamic-batching queue delay
-#   SPLADE_ADMIN_KEY       if set, Triton's repository/shm/trace/logging APIs need it
+#   SPLADE_ADMIN_KEY       Triton's repository/shm/trace/logging APIs need it (unset: a random key
+#                          only the launcher knows)
+#   SPLADE_DRAIN_TIMEOUT_S seconds in-flight requests get after SIGTERM (default 30)
 set -euo pipefail
 
 # NVIDIA's entrypoint first, once, when the base image has it (it sets up
@@ -31,17 +36,15 @@ if [ -n "${SPLADE_QUEUE_DELAY_US:-}" ]; then
 fi
 "${prepare[@]}"
 
-args=(--model-repository="$repository"
-  --strict-readiness=true
-  --exit-timeout-secs=30
-  # Python models exchange tensors through /dev/shm; grow it in big steps
-  # (as the CPU launcher does). compose.yaml gives the container 1 GiB of it.
-  --backend-config=python,shm-default-byte-size=16777216
-  --backend-config=python,shm-growth-byte-size=16777216)
-if [ -n "${SPLADE_ADMIN_KEY:-}" ]; then
-  # The same APIs and header as the CPU launcher (splade_triton.launcher.server).
-  restricted=$(python3 -c 'import os; from splade_triton.launcher.server import ADMIN_HEADER, RESTRICTED_APIS; print(",".join(RESTRICTED_APIS) + ":" + ADMIN_HEADER + "=" + os.environ["SPLADE_ADMIN_KEY"])')
-  args+=(--http-restricted-api="$restricted" --grpc-restricted-protocol="$restricted")
-  unset SPLADE_ADMIN_KEY  # the models have no use for it
-fi
-exec tritonserver "${args[@]}" "$@"
+# The launcher adds --strict-readiness, the restricted APIs behind the admin
+# key, the Python backend's shm sizes and --load-model=* (explicit model
+# control, for stub recovery and the drain). It binds 0.0.0.0 here: the
+# container's network is the boundary (compose publishes on loopback only).
+cd /opt/splade
+export SPLADE_TRITONSERVER=/opt/tritonserver/bin/tritonserver  # the image's, even if pytriton is installed
+exec python3 -m splade_triton.launcher \
+  --model-repository "$repository" \
+  --host 0.0.0.0 \
+  --drain-timeout "${SPLADE_DRAIN_TIMEOUT_S:-30}" \
+  --exit-timeout 30 \
+  -- "$@"

@@ -181,3 +181,22 @@ def test_serve_binds_localhost_and_stops_on_ctrl_c():
     assert f"Started GRPCInferenceService at 127.0.0.1:{grpc}" in output
     assert f"Started HTTPService at 127.0.0.1:{http}" in output
     assert "successfully unloaded 'splade_encoder'" in output
+
+
+def test_a_stock_tritonserver_can_be_chosen(tmp_path, monkeypatch):
+    # NVIDIA's image layout: <root>/bin/tritonserver beside <root>/backends.
+    binary = tmp_path / "tritonserver" / "bin" / "tritonserver"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("")
+    monkeypatch.setenv(tritonserver.TRITONSERVER_ENV, str(binary))
+    args = tritonserver.command(tritonserver.ServerOptions("/repo", admin_key="k"))
+    assert args[0] == str(binary)
+    assert f"--backend-directory={tmp_path / 'tritonserver' / 'backends'}" in args
+
+
+def test_the_gpu_image_starts_the_launcher():
+    entrypoint = (ROOT / "docker" / "entrypoint.sh").read_text()
+    assert "exec python3 -m splade_triton.launcher" in entrypoint
+    assert "exec tritonserver" not in entrypoint
+    compose = (ROOT / "docker" / "compose.yaml").read_text()
+    assert '"splade_triton.launcher", "check"' in compose

@@ -17,9 +17,9 @@ import pytest
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
-from splade_triton.launcher.server import ADMIN_HEADER, GRPC_ADMIN_HEADER
+from splade_triton.launcher.admin import ADMIN_HEADER, GRPC_ADMIN_HEADER
 from tests import triton
-from tests.conftest import REPOSITORY, Server
+from tests.conftest import Server
 
 QUERY = "what is the capital of france"
 
@@ -80,7 +80,7 @@ def listening_addresses(pid: int) -> set[tuple[str, int]]:
 
 def test_listens_on_127_0_0_1_only(server):
     addresses = listening_addresses(server.tritonserver_pid())
-    ports = {server.options.http_port, server.options.grpc_port, server.options.metrics_port}
+    ports = {server.http_port, server.grpc_port, server.metrics_port}
     assert ports <= {port for _, port in addresses}
     assert {address for address, _ in addresses} == {"127.0.0.1"}
 
@@ -92,8 +92,8 @@ def test_listens_on_127_0_0_1_only(server):
 def test_no_model_loading_or_unloading_without_the_key(protocol, server, action):
     c = triton.client(protocol, server)
     calls = {
-        "load": lambda headers: c.load_model("encoder", headers=headers),
-        "unload": lambda headers: c.unload_model("encoder", headers=headers),
+        "load": lambda headers: c.load_model("splade_encoder", headers=headers),
+        "unload": lambda headers: c.unload_model("splade_encoder", headers=headers),
         "index": lambda headers: c.get_model_repository_index(headers=headers),
     }
     assert_refused(triton.error_of(lambda: calls[action](None)))
@@ -105,7 +105,7 @@ def test_the_key_opens_the_repository_api(protocol, server):
     c = triton.client(protocol, server)
     index = c.get_model_repository_index(headers=admin_headers(protocol, server.admin_key))
     names = [m["name"] for m in index] if protocol == "http" else [m.name for m in index.models]
-    assert {"tokenizer", "encoder", "sparsify", "splade"} <= set(names)
+    assert {"splade_tokenizer", "splade_encoder", "splade_sparsify", "splade", "splade_embedding"} <= set(names)
 
 
 def test_no_shared_memory_registration_without_the_key(protocol, server):
@@ -137,13 +137,13 @@ def test_inference_needs_no_key(protocol, server):
     assert out["indices"].shape[0] == 1
 
 
-def test_model_control_none_refuses_loading_even_with_the_key(tmp_path):
-    server = Server(REPOSITORY, tmp_path / "server.log", launcher_args=("--model-control-mode", "none"))
+def test_model_control_none_refuses_loading_even_with_the_key(repository, tmp_path):
+    server = Server(repository, tmp_path / "server.log", launcher_args=("--model-control-mode", "none"))
     try:
         server.wait_ready()
         for protocol in ("http", "grpc"):
             c = triton.client(protocol, server)
-            e = triton.error_of(lambda: c.unload_model("encoder", headers=admin_headers(protocol, server.admin_key)))
+            e = triton.error_of(lambda: c.unload_model("splade_encoder", headers=admin_headers(protocol, server.admin_key)))
             assert "not allowed" in e.message(), e
             assert_serving(protocol, server)
             c.close()  # in this mode tritonserver itself waits for open HTTP connections on exit

@@ -21,6 +21,7 @@ from pathlib import Path
 from splade_triton.launcher.admin import ADMIN_KEY_ENV, new_key, restricted_flags
 
 NGC_ROOT = Path("/opt/tritonserver")
+TRITONSERVER_ENV = "SPLADE_TRITONSERVER"
 STUB = "triton_python_backend_stub"
 
 
@@ -69,7 +70,14 @@ def install_stub(source: Path, target: Path) -> bool:
 
 
 def find() -> Installation:
-    """The tritonserver to run: pytriton's from this environment, else the NGC image's."""
+    """The tritonserver to run: ``$SPLADE_TRITONSERVER`` (a binary beside ``../backends``, as in
+    NVIDIA's image), else pytriton's from this environment, else ``/opt/tritonserver``'s."""
+    chosen = os.environ.get(TRITONSERVER_ENV)
+    if chosen:
+        binary = Path(chosen)
+        if not binary.is_file():
+            raise SystemExit(f"{TRITONSERVER_ENV}={chosen}: no such file")
+        return Installation(binary, binary.parent.parent / "backends", "ngc")
     root = _pytriton_root()
     if root is not None and (root / "bin" / "tritonserver").is_file():
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
