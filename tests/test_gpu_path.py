@@ -499,6 +499,58 @@ def test_dry_run_prints_the_profile_and_fp32_layers_without_tensorrt():
     assert set(plan["fp32_layers"]) == set(DEFAULT_FP32_GROUPS)
 
 
+# --- the start-up step, with the probes standing in for a GPU server -------------------
+
+
+@pytest.fixture
+def fake_server(monkeypatch):
+    """gpu_startup as on a server running TensorRT 10.8.0 on an H100 (nothing probed)."""
+    from splade_triton.artifacts import gpu_startup
+
+    found = {"tensorrt_version": "10.8.0", "gpu": {"name": "NVIDIA H100 PCIe", "compute_capability": "9.0"}}
+    monkeypatch.setattr(gpu_startup, "runtime", lambda: found)
+    return gpu_startup, found
+
+
+def prepare(gpu_startup, *args) -> int:
+    with pytest.raises(SystemExit) as exited:
+        gpu_startup.main(["prepare", *map(str, args)])
+    return exited.value.code
+
+
+def test_start_up_serves_a_matching_plan_without_building(tmp_path, fake_server):
+    gpu_startup, found = fake_server
+    if not ONNX.is_file():
+        pytest.skip(f"{ONNX} is missing: run script/setup")
+    from splade_triton.artifacts.provenance import file_sha256, provenance_path
+
+    plan = plan_folder(tmp_path / "engines", found) / "model.plan"
+    plan.parent.mkdir(parents=True)
+    plan.write_bytes(b"a plan")
+    profile = engine_profile(gpu_shapes()).as_dict()
+    provenance = {"format": 1, "tensorrt_version": "10.8.0.43", "gpu": found["gpu"],
+                  **expected_provenance(file_sha256(ONNX), profile, "fp16", DEFAULT_FP32_GROUPS)}
+    provenance_path(plan).write_text(json.dumps(provenance))
+    out = tmp_path / "repository"
+    # --build never: a build would fail the test.
+    assert prepare(gpu_startup, "--engines", tmp_path / "engines", "--output", out, "--build", "never",
+                   "--queue-delay-us", 300) == 0
+    assert (out / "splade_encoder" / "1" / "model.plan").read_bytes() == b"a plan"
+    encoder = read_config(out / "splade_encoder" / "config.pbtxt")
+    assert encoder.platform == "tensorrt_plan" and encoder.dynamic_batching.max_queue_delay_microseconds == 300
+    # Another precision is another plan: refused when building is forbidden.
+    assert prepare(gpu_startup, "--engines", tmp_path / "engines", "--output", tmp_path / "r2", "--build", "never",
+                   "--precision", "fp32") == 1
+    assert not (tmp_path / "r2").exists()
+
+
+def test_start_up_without_a_plan_and_building_forbidden_refuses(tmp_path, fake_server, capsys):
+    gpu_startup, _ = fake_server
+    assert prepare(gpu_startup, "--engines", tmp_path / "engines", "--output", tmp_path / "r", "--build", "never") == 1
+    assert "SPLADE_BUILD_ENGINE=never" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 # --- on a machine with TensorRT and a GPU ------------------------------------------------
 
 needs_tensorrt_gpu = pytest.mark.skipif(
