@@ -219,7 +219,8 @@ def test_compose_reserves_one_gpu_and_checks_readiness():
     service = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]["splade"]
     devices = service["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    assert "/v2/health/ready" in " ".join(service["healthcheck"]["test"])
+    # A real inference through every ensemble (readiness alone stays 200 with a dead stub).
+    assert service["healthcheck"]["test"][:5] == ["CMD", "python3", "-m", "splade_triton.launcher", "check"]
     assert any(v.endswith(":/engines") for v in service["volumes"])
 
 
@@ -251,6 +252,16 @@ def test_image_copies_what_it_needs_and_runs_the_launcher():
     assert ".pth" not in dockerfile and "PYTHONPATH" not in dockerfile
     assert "splade_triton.artifacts.gpu_startup" in dockerfile  # the import check at build time
     subprocess.run(["bash", "-n", str(DOCKER / "entrypoint.sh")], check=True)
+
+
+def test_the_entrypoint_runs_modules_that_exist():
+    """Every ``python3 -m MODULE`` of the entrypoint: the start-up step and the launcher."""
+    entrypoint = (DOCKER / "entrypoint.sh").read_text()
+    modules = re.findall(r"python3 -m ([\w.]+)", entrypoint)
+    assert "splade_triton.launcher" in modules
+    assert "splade_triton.artifacts.gpu_startup" in modules, "the start-up step is python3 -m splade_triton.artifacts.gpu_startup prepare"
+    for module in modules:
+        assert importlib.util.find_spec(module) is not None, module
 
 
 # --- provenance and the serve-time check --------------------------------------------
