@@ -149,7 +149,7 @@ def sparsify_cost(args) -> dict:
 def served(repository: Path):
     """The launcher on ``repository`` (free ports); yields {"grpc": port}."""
     log = tempfile.NamedTemporaryFile(prefix="overhead-server-", suffix=".log", delete=False)
-    server = Launched(Path(repository), Path(log.name))
+    server = Launched(Path(repository), Path(log.name)).start()
     try:
         server.wait_ready()
         yield {"grpc": int(server.grpc_url.rsplit(":", 1)[1])}
