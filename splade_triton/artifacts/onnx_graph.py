@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from splade_triton.artifacts import reference
+from splade_triton.artifacts.files import staged_directory
 from splade_triton.serving.splade import activate
 
-__all__ = ["EXPORTED_FILES", "INPUTS", "OUTPUT", "ExportError", "export", "fused_module", "replace_directory",
+__all__ = ["EXPORTED_FILES", "INPUTS", "OUTPUT", "ExportError", "export", "fused_module",
            "validate", "without_decoder", "write_exported"]
 
 INPUTS = ("input_ids", "attention_mask")
@@ -142,28 +142,11 @@ def validate(onnx_path: Path, tokenizer, mlm, texts, max_length: int, tolerance:
 
 
 def write_exported(output: Path, onnx_path: Path, tokenizer_dir: Path, info: dict) -> Path:
-    """Write the exported model directory: built beside ``output``, then renamed into
-    place, so a reader sees the previous directory or the new one, never a half-written one."""
+    """Write the exported model directory all at once (a reader never sees half of it)."""
     output = Path(output).resolve()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_directory(output) as staging:
         shutil.copyfile(onnx_path, staging / "model.onnx")
         for name in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copyfile(Path(tokenizer_dir) / name, staging / name)
         (staging / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
-        replace_directory(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return output
-
-
-def replace_directory(new: Path, target: Path) -> None:
-    """Put directory ``new`` at ``target`` (same file system), replacing what is there."""
-    if not target.exists():
-        new.rename(target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-    target.rename(old / target.name)
-    new.rename(target)
-    shutil.rmtree(old)

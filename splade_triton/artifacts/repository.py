@@ -2,10 +2,10 @@
 
 A pipeline is one ensemble and its composing models. Its spec
 (``pipelines/<name>.toml``) names the kind of pipeline, the exported model
-directory and its settings::
+directory (``python -m export.export_onnx``) and its settings::
 
     kind = "splade"                        # templates/splade/
-    model = "build/models/splade-tiny"     # export/export_onnx.py's output
+    model = "build/models/splade-tiny"     # the exported model directory
 
     [tokenizer.parameters]                 # config.pbtxt parameters of a step
     max_length = 512
@@ -38,7 +38,6 @@ import argparse
 import dataclasses
 import os
 import shutil
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from typing import Any
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from splade_triton.artifacts.files import staged_directory
 from splade_triton.artifacts.shapes import parse_config, read_config
 
 __all__ = ["DEVICES", "PIPELINES", "ROOT", "TEMPLATES", "Pipeline", "assemble", "default_pipelines", "pipeline_configs"]
@@ -233,7 +233,7 @@ def _write_pipeline(output: Path, pipeline: Pipeline, device: str, plan: Path | 
             if plan is not None:
                 plan = Path(plan).resolve()
                 if not plan.is_file():
-                    raise FileNotFoundError(f"TensorRT plan not found: {plan} (build it with export/build_engine.py)")
+                    raise FileNotFoundError(f"TensorRT plan not found: {plan} (build it with python -m export.build_engine)")
                 _place(plan, version / "model.plan")
             continue
         for name in kind.get("files", {}).get(step, []):
@@ -245,7 +245,7 @@ def _write_pipeline(output: Path, pipeline: Pipeline, device: str, plan: Path | 
             if source.is_file():
                 _place(source, version / name)
             elif not optional:
-                raise FileNotFoundError(f"pipeline '{pipeline.name}': {source} is missing (export the model with export/export_onnx.py)")
+                raise FileNotFoundError(f"pipeline '{pipeline.name}': {source} is missing (export the model with python -m export.export_onnx)")
 
 
 def assemble(output: Path, pipelines: list[Pipeline] | None = None, device: str = "cpu",
@@ -264,20 +264,9 @@ def assemble(output: Path, pipelines: list[Pipeline] | None = None, device: str 
         raise ValueError(f"two pipelines would serve the same model name(s): {clashes}")
     if output == TEMPLATES or TEMPLATES in output.parents:
         raise ValueError("the output must not be inside templates/")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_directory(output) as staging:
         for pipeline in pipelines:
             _write_pipeline(staging, pipeline, device, (plans or {}).get(pipeline.name))
-        if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=output.parent))
-            output.rename(old / output.name)
-            staging.rename(output)
-            shutil.rmtree(old)
-        else:
-            staging.rename(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return output
 
 
