@@ -166,14 +166,16 @@ def stub_of(server: Server, model: str):
 def wait_until_served(server: Server, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     c = triton.client("grpc", server)
+    last = None
     while time.monotonic() < deadline:
         try:
             out = triton.encode("grpc", c, [QUERY], outputs=("tokens",))
             assert out["tokens"][0, :2].tolist() == [b"capital", b"france"]
             return
-        except InferenceServerException:
+        except InferenceServerException as e:
+            last = e
             time.sleep(0.2)
-    raise AssertionError(f"no request succeeded within {timeout} s:\n{server.log()[-3000:]}")
+    raise AssertionError(f"no request succeeded within {timeout} s ({last}):\n{server.log()[-3000:]}")
 
 
 # /dev/shm regions of every stub seen by the stub tests: none may outlive the server.

@@ -18,7 +18,7 @@ def log(message: str) -> None:
 def dead_models(expected: dict[str, int], current: list[StubProcess], seen: set[str]) -> list[str]:
     """Models that run fewer stubs than ``expected`` among those in ``seen``.
 
-    Only a model whose full set of stubs was seen alive counts: if the stubs
+    Only a model whose stubs were seen alive counts: if the stubs
     cannot be recognised (a changed command line), nothing looks dead, and no
     model is reloaded over and over.
     """
@@ -29,7 +29,7 @@ def dead_models(expected: dict[str, int], current: list[StubProcess], seen: set[
 class Supervisor(threading.Thread):
     """Watches tritonserver's stubs; unloads and loads a READY model that lost one.
 
-    When a model whose stubs were all seen alive runs fewer than its config's
+    When a model whose stubs were seen alive runs fewer than its config's
     instances, it is unloaded and loaded with the admin key (Triton reloads the
     ensembles built on it); any other model READY before is loaded again. It
     assumes nobody else reloads models meanwhile.
@@ -63,8 +63,8 @@ class Supervisor(threading.Thread):
         self.shm_regions.update(s.shm_region for s in current)
         pids = frozenset(s.pid for s in current)
         live = Counter(s.model for s in current)
-        if expected is not None:
-            self.seen.update(m for m, n in expected.items() if n and live[m] >= n)
+        # Instance stubs start while their model loads: seen even before the API answers.
+        self.seen.update(live)
         dead = dead_models(expected or {}, current, self.seen)
         if expected is not None and not dead and pids == last_pids:
             return expected, last_pids
@@ -74,7 +74,6 @@ class Supervisor(threading.Thread):
             expected = {m: self.admin.stub_count(m) for m in ready}
         except (OSError, ValueError):
             return expected, last_pids  # not up yet, or stopping; look again next time
-        self.seen.update(m for m, n in expected.items() if n and live[m] >= n)
         dead = dead_models(expected, current, self.seen)
         if dead:
             try:
@@ -99,7 +98,7 @@ class Supervisor(threading.Thread):
             log(f"supervisor: {expected[model] - live[model]} of {expected[model]} stub(s) of model '{model}' died; "
                 f"reloading model '{model}'")
             start = time.monotonic()
-            self.seen.discard(model)  # its new stubs must be seen alive before it is judged again
+            self.seen.discard(model)  # judged again once its new stubs are seen
             self.admin.unload(model)
             self.admin.load(model)
             log(f"supervisor: model '{model}' reloaded in {time.monotonic() - start:.1f} s")
@@ -107,3 +106,5 @@ class Supervisor(threading.Thread):
         for model, state in before.items():
             if state == "READY" and after.get(model) != "READY":
                 self.admin.load(model)
+        # The new stubs exist now; one may die before the next look.
+        self.seen.update(s.model for s in self.processes(self.server_pid) if s.instance != s.model)
