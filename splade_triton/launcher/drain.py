@@ -12,9 +12,10 @@ retry. So the drain:
    later, while Triton's reload lets the old instance finish its own queue;
 2. settles: waits until nothing runs: the other models' request counters stop
    moving and their Python-backend stubs stop using CPU;
-3. the caller then stops tritonserver, which finds no request in flight
-   (meanwhile gRPC answers UNAVAILABLE "Server is stopping", HTTP refuses
-   connections: both retryable).
+3. the caller then ends tritonserver at once (SIGKILL, stubs too): nothing is
+   in flight, and Triton's own exit would unload the models while still
+   accepting requests, answering them NOT_FOUND. Connections are refused
+   instead (retried).
 """
 
 from __future__ import annotations

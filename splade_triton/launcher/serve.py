@@ -18,14 +18,10 @@ from pathlib import Path
 
 from splade_triton.launcher.admin import ADMIN_KEY_ENV, KEY_CHARS, Admin, new_key
 from splade_triton.launcher.drain import drain
-from splade_triton.launcher.stubs import mapped_regions, remove_regions
+from splade_triton.launcher.stubs import mapped_regions, remove_regions, stub_processes
 from splade_triton.launcher.supervisor import Supervisor, log
 from splade_triton.launcher.tritonserver import ServerOptions, command, environment
 
-# After a drain nothing is left for tritonserver to finish, yet it can wait out
-# its whole exit timeout: for idle HTTP keep-alive connections of clients, and
-# for the models of dead stubs, which this Triton build never finishes unloading.
-AFTER_DRAIN_S = 5.0
 
 
 def _die_with_parent() -> None:
@@ -33,6 +29,18 @@ def _die_with_parent() -> None:
     # drains first. PR_SET_PDEATHSIG: tritonserver stops if the launcher is killed.
     os.setpgid(0, 0)
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def _kill_server(process: subprocess.Popen) -> None:
+    """SIGKILL tritonserver and its Python-backend stubs (they would linger without their parent)."""
+    stubs = stub_processes(process.pid)
+    process.kill()
+    process.wait()
+    for stub in stubs:
+        try:
+            os.kill(stub.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def serve(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
@@ -83,16 +91,19 @@ def serve(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
             log(f"drain failed: {e}")
         log(f"drained in {time.monotonic() - start:.1f} s" if drained else "drain incomplete; stopping anyway")
     regions = mapped_regions(process.pid) | (supervisor.shm_regions if supervisor is not None else set())
-    terminate()
-
-    try:
-        return_code = process.wait(AFTER_DRAIN_S if drained else options.exit_timeout_s + 10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        return_code = 0 if drained else 1
-        if drained:
-            log("tritonserver still waiting after the drain (idle client connections, dead stubs); ended it")
+    if drained:
+        # Nothing is in flight. Triton's own exit would now unload the models
+        # while still accepting requests, which then fail NOT_FOUND (final for
+        # clients); stopping at once makes them fail to connect (retried).
+        _kill_server(process)
+        return_code = 0
+    else:
+        terminate()
+        try:
+            return_code = process.wait(options.exit_timeout_s + 10)
+        except subprocess.TimeoutExpired:
+            _kill_server(process)
+            return_code = 1
     if return_code < 0:
         return_code = 128 - return_code  # killed by a signal, as a shell reports it
     # Left behind by a dead stub's model, or by a tritonserver that was killed.
