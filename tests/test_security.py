@@ -163,7 +163,7 @@ def test_texts_never_reach_the_log(server):
             lambda: c.infer("splade", [triton.text_input(protocol, [f"{marker} \xe9".encode("latin-1")])]),
             lambda: triton.encode(protocol, c, [marker + "x" * 70000]),
             lambda: triton.encode(protocol, c, [marker], parameters={"top_k": -1}),
-            lambda: triton.encode(protocol, c, [marker], parameters={marker: 1}),
+            lambda: triton.encode(protocol, c, [marker], parameters={f"top_k_{marker}": 1}),  # a misspelt name
             lambda: c.infer("splade", [triton.text_input(protocol, [marker], name="query")]),
         ]
         for call in bad:
@@ -175,8 +175,8 @@ def test_texts_never_reach_the_log(server):
 
 
 def test_unknown_parameter_names_are_echoed_only_to_the_caller(server):
-    """The error names the unknown parameter for the caller; the log keeps nothing of it."""
-    marker = f"param{secrets.token_hex(6)}"
+    """The error names a misspelt parameter for the caller; the log keeps nothing of it."""
+    marker = f"top_k_param{secrets.token_hex(6)}"  # resembles top_k: refused, not ignored
     c = triton.client("grpc", server)
     e = triton.error_of(lambda: triton.encode("grpc", c, [QUERY], parameters={marker: 1}))
     assert marker in e.message()
