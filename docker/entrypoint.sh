@@ -25,7 +25,7 @@ if [ -z "${SPLADE_UNDER_NV_ENTRYPOINT:-}" ] && [ -x /opt/nvidia/nvidia_entrypoin
 fi
 
 repository=/opt/splade/repository
-prepare=(python3 -m splade_triton.artifacts.engine prepare
+prepare=(python3 -m splade_triton.artifacts.gpu_startup prepare
   --engines "${SPLADE_ENGINE_DIR:-/engines}"
   --output "$repository"
   --precision "${SPLADE_PRECISION:-fp16}"
