@@ -18,7 +18,7 @@ def test_benchmark_runs_on_a_tiny_setting():
         assert set(w["served"]) == {"grpc_c1", "grpc_c4", "http_c1", "http_c4"}
         for run in w["served"].values():
             assert run["texts_per_s"] > 0 and 0 < run["p50_ms"] <= run["p99_ms"]
-            assert run["stages"]["encoder"]["texts_per_execution"] >= 1
+            assert run["stages"]["splade_encoder"]["texts_per_execution"] >= 1
         assert any(k.startswith("unfused_numpy") for k in w["in_process"])
         assert w["in_process"]["sentence_transformers_bs32"] > 0
         assert 0 <= w["int8"]["recall_top50"] <= 1
