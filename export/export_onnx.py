@@ -18,6 +18,16 @@ model folders.
 
     python -m export.export_onnx --model models/splade-tiny --output build/models/splade-tiny
     python -m export.export_onnx --model naver/splade-v3   # where the hub is reachable
+
+A directory in BGE-M3's published layout (``sparse_linear.pt`` /
+``colbert_linear.pt`` beside the XLM-R weights) is exported as BGE-M3 instead
+(splade_triton/artifacts/bge_m3.py): one graph with the outputs ``dense``,
+``token_weights`` and ``colbert``, validated against FlagEmbedding's own
+BGEM3FlagModel on the same directory (tolerance 1e-5). A model over 1.5 GB
+(BGE-M3 is 2.27 GB, past protobuf's 2 GB limit) is saved with its weights in
+``model.onnx.data`` beside ``model.onnx``.
+
+    python -m export.export_onnx --model build/models/bge-m3-tiny-src --output build/models/bge-m3-tiny
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from splade_triton.artifacts import reference
+from splade_triton.artifacts import bge_m3, reference
 from splade_triton.artifacts.onnx_graph import ExportError, export, validate, write_exported
 from splade_triton.artifacts.texts import VARIED_TEXTS
 
@@ -41,11 +51,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="models/splade-tiny", help="local directory or Hugging Face hub id")
     parser.add_argument("--output", type=Path, default=None,
                         help="exported model directory (default: build/models/<model directory name>)")
-    parser.add_argument("--max-length", type=int, default=512, help="truncation length used in validation")
+    parser.add_argument("--max-length", type=int, default=512,
+                        help="truncation length used in validation (BGE-M3: at most its positions - 2)")
     parser.add_argument("--opset", type=int, default=18)
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed in validation")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="max abs difference allowed in validation (default: 1e-4 SPLADE, 1e-5 BGE-M3)")
+    parser.add_argument("--external-data", choices=("auto", "always", "never"), default="auto",
+                        help="BGE-M3: weights in model.onnx.data beside model.onnx (auto: when the model is over "
+                             f"{bge_m3.EXTERNAL_DATA_ABOVE / 2**30:g} GiB)")
     args = parser.parse_args(argv)
 
+    if bge_m3.is_layout(args.model):
+        return export_bge_m3(args)
+    args.tolerance = 1e-4 if args.tolerance is None else args.tolerance
     started = time.time()
     try:
         tokenizer, mlm = reference.load(args.model)
@@ -58,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
             report = validate(onnx_path, tokenizer, mlm, VARIED_TEXTS, args.max_length, args.tolerance)
             tokenizer.save_pretrained(tmp / "tokenizer")
             info = {
+                "kind": "splade",
                 "source_model": args.model,
                 "opset": args.opset,
                 "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
@@ -73,6 +92,54 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote model.onnx, tokenizer files and export_info.json to {output}"
           + (f" (the model's vocabulary, {model_vocab}, is padded beyond the tokenizer's {tokenizer_vocab})"
              if model_vocab != tokenizer_vocab else ""))
+
+
+def export_bge_m3(args) -> None:
+    """Export, validate and write a BGE-M3 directory (see bge_m3 for the graph)."""
+    started = time.time()
+    try:
+        tokenizer, encoder, sparse_linear, colbert_linear = bge_m3.load(args.model)
+        config = encoder.config
+        positions = int(config.max_position_embeddings)
+        # XLM-R's positions start after the padding index: two fewer tokens than position embeddings.
+        max_length = positions - 2
+        size = bge_m3.parameter_bytes(encoder, sparse_linear, colbert_linear)
+        external = {"always": True, "never": False}.get(args.external_data, size > bge_m3.EXTERNAL_DATA_ABOVE)
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            onnx_path = tmp / "model.onnx"
+            bge_m3.export(encoder, sparse_linear, colbert_linear, onnx_path, args.opset, external)
+            data_path = tmp / "model.onnx.data"
+            on_disk = onnx_path.stat().st_size + (data_path.stat().st_size if data_path.exists() else 0)
+            print(f"exported {args.model} (BGE-M3, {size / 2**20:.1f} MiB of weights) to ONNX "
+                  f"({on_disk / 2**20:.1f} MiB{', external data' if external else ''}) in {time.time() - started:.1f} s")
+            del encoder, sparse_linear, colbert_linear  # FlagEmbedding loads its own copy
+            report = bge_m3.validate(onnx_path, Path(args.model), tokenizer, bge_m3.VALIDATION_TEXTS,
+                                     min(args.max_length, max_length),
+                                     1e-5 if args.tolerance is None else args.tolerance)
+            tokenizer.save_pretrained(tmp / "tokenizer")
+            info = {
+                "kind": "bge_m3",
+                "source_model": args.model,
+                "opset": args.opset,
+                "outputs": list(bge_m3.OUTPUTS),
+                "hidden_size": int(config.hidden_size),
+                "max_position_embeddings": positions,
+                "max_length": max_length,
+                "special_ids": bge_m3.special_ids(tokenizer),
+                "vocab_size": int(config.vocab_size),
+                "tokenizer_vocab_size": len(tokenizer),
+                "external_data": external,
+                "onnx_sha256": bge_m3.file_sha256(onnx_path),
+                **({"onnx_data_sha256": bge_m3.file_sha256(data_path)} if external else {}),
+                "validation": report,
+            }
+            output = write_exported(args.output or Path("build/models") / Path(args.model).name, onnx_path,
+                                    tmp / "tokenizer", info)
+    except (ExportError, reference.CheckpointError) as e:
+        raise SystemExit(f"export_onnx: {e}") from None
+    print(f"wrote model.onnx{' + model.onnx.data' if external else ''}, tokenizer files and export_info.json "
+          f"to {output} in {time.time() - started:.1f} s")
 
 
 if __name__ == "__main__":

@@ -142,10 +142,17 @@ def validate(onnx_path: Path, tokenizer, mlm, texts, max_length: int, tolerance:
 
 
 def write_exported(output: Path, onnx_path: Path, tokenizer_dir: Path, info: dict) -> Path:
-    """Write the exported model directory all at once (a reader never sees half of it)."""
+    """Write the exported model directory all at once (a reader never sees half of it).
+
+    ``model.onnx.data`` beside ``onnx_path`` (external initializers) is written too.
+    """
     output = Path(output).resolve()
     with staged_directory(output) as staging:
         shutil.copyfile(onnx_path, staging / "model.onnx")
+        # A graph saved with external data (over protobuf's 2 GB) names this file from model.onnx.
+        data = onnx_path.with_name(onnx_path.name + ".data")
+        if data.exists():
+            shutil.copyfile(data, staging / "model.onnx.data")
         for name in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copyfile(Path(tokenizer_dir) / name, staging / name)
         (staging / "export_info.json").write_text(json.dumps(info, indent=2) + "\n")
