@@ -1,10 +1,13 @@
-"""The SPLADE client: the ``splade`` Triton model over HTTP or gRPC, asyncio or blocking.
+"""The clients: a pipeline's Triton ensembles over HTTP or gRPC, asyncio or blocking.
 
-:class:`AsyncSpladeClient` does the work on tritonclient's asyncio clients
-(``tritonclient.grpc.aio`` / ``tritonclient.http.aio``); :class:`SpladeClient`
-is the same client for blocking code, running an :class:`AsyncSpladeClient` on
-an event loop of its own in a background thread (so it also works where the
-caller's thread already runs a loop, e.g. a notebook).
+:class:`AsyncSpladeClient` (``splade`` pipelines: sparse vectors) and
+:class:`AsyncBgeM3Client` (``bge_m3`` pipelines: dense, lexical weights and
+ColBERT vectors) share one implementation of the connection, retries, chunking
+and health check (``_AsyncClient``, on tritonclient's asyncio clients
+``tritonclient.grpc.aio`` / ``tritonclient.http.aio``). :class:`SpladeClient`
+and :class:`BgeM3Client` are the same clients for blocking code, running the
+asyncio one on an event loop of its own in a background thread (so they also
+work where the caller's thread already runs a loop, e.g. a notebook).
 
 Large inputs are cut into requests of at most ``batch_size`` texts (the model
 takes at most 64 per request) and ``max_request_bytes`` bytes (the server's
@@ -43,12 +46,16 @@ from .errors import (
     SpladeError,
 )
 from .formats import SparseVector, to_csr
+from .m3 import M3Embedding, score_pairs
 
 __all__ = [
     "DEFAULT_URL",
+    "INPUT_TYPES",
     "MAX_BATCH_SIZE",
     "MAX_REQUEST_BYTES",
+    "AsyncBgeM3Client",
     "AsyncSpladeClient",
+    "BgeM3Client",
     "Endpoint",
     "Health",
     "SpladeClient",
@@ -233,6 +240,11 @@ class _Transport:
     async def model_ready(self, model: str) -> bool:
         return bool(await self.client.is_model_ready(model, **self._kwargs()))
 
+    async def metadata(self, model: str) -> dict[str, Any]:
+        if self.endpoint.protocol == "grpc":
+            return await self.client.get_model_metadata(model, as_json=True, **self._kwargs())
+        return await self.client.get_model_metadata(model, headers=self.headers)
+
     async def version(self) -> str | None:
         if self.endpoint.protocol == "grpc":
             meta = await self.client.get_server_metadata(as_json=True, **self._kwargs())
@@ -277,11 +289,12 @@ class _Transport:
         return ServerError(f"unexpected error talking to {url}: {type(exc).__name__}: {exc}", url=url)
 
 
-class AsyncSpladeClient:
-    """Encode texts with the ``splade`` model of a Triton server, from asyncio code.
+class _AsyncClient:
+    """What every pipeline's asyncio client shares: the connection, retries, chunking, health.
 
     ``url``: ``grpc://host:port`` or ``http://host:port`` (or ``host:port`` and
-    ``protocol``). ``batch_size``: texts per request (the model's limit is 64).
+    ``protocol``). ``model``: the pipeline's ensemble (each client kind has its
+    default). ``batch_size``: texts per request (the model's limit is 64).
     ``max_request_bytes``: UTF-8 bytes of one request's texts together (the
     server's own limit; None: no limit). ``max_in_flight``: requests
     outstanding at once. ``timeout``: seconds per
@@ -289,12 +302,11 @@ class AsyncSpladeClient:
     reach the server, or was answered UNAVAILABLE, is retried up to ``retries``
     times after exponential backoff with jitter (``backoff * 2**attempt`` seconds,
     at most ``max_backoff``); no other error is retried.
-
-    >>> async with AsyncSpladeClient("grpc://127.0.0.1:8001") as client:
-    ...     vectors = await client.encode(["what is the capital of france"], top_k=8)
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, protocol: str | None = None, model: str = "splade",
+    DEFAULT_MODEL = "splade"
+
+    def __init__(self, url: str = DEFAULT_URL, *, protocol: str | None = None, model: str | None = None,
                  batch_size: int = MAX_BATCH_SIZE, max_request_bytes: int | None = MAX_REQUEST_BYTES,
                  max_in_flight: int = 4, timeout: float = 60.0,
                  retries: int = 4, backoff: float = 0.25, max_backoff: float = 4.0,
@@ -310,7 +322,7 @@ class AsyncSpladeClient:
         if retries < 0 or backoff < 0 or max_backoff < 0:
             raise ValueError("retries, backoff and max_backoff must be >= 0")
         self.endpoint = parse_url(url, protocol)
-        self.model = model
+        self.model = model or self.DEFAULT_MODEL
         self.batch_size = batch_size
         self.max_request_bytes = max_request_bytes
         self.max_in_flight = max_in_flight
@@ -320,7 +332,6 @@ class AsyncSpladeClient:
         self.max_backoff = max_backoff
         self.headers = headers
         self._transport: _Transport | None = None
-        self._vocab_size: int | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.endpoint)!r}, model={self.model!r})"
@@ -329,12 +340,7 @@ class AsyncSpladeClient:
     def url(self) -> str:
         return str(self.endpoint)
 
-    @property
-    def embedding_model(self) -> str:
-        """The pipeline's ensemble for vocabulary-wide vectors: ``<model>_embedding``."""
-        return f"{self.model}_embedding"
-
-    async def __aenter__(self) -> AsyncSpladeClient:
+    async def __aenter__(self):
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -379,12 +385,6 @@ class AsyncSpladeClient:
             raise ServerError(f"the server answered {rows} rows for {len(texts)} texts", url=self.url)
         return result
 
-    async def _encode_chunk(self, texts: Sequence[str | bytes], parameters: dict[str, Any] | None,
-                            return_tokens: bool) -> list[SparseVector]:
-        # Only what is needed travels back: `embedding` is vocab floats per text.
-        outputs = ("indices", "values", "tokens") if return_tokens else ("indices", "values")
-        result = await self._infer(texts, outputs, parameters)
-        return _rows_to_vectors(result["indices"], result["values"], result.get("tokens"))
 
     def _requests(self, texts: Iterable[str | bytes]) -> Iterator[list[bytes]]:
         # Cut by count and by bytes: 64 long texts can exceed the server's max_request_bytes.
@@ -416,6 +416,59 @@ class AsyncSpladeClient:
         finally:
             for _, task in pending:
                 task.cancel()
+
+    async def health(self, probe: bool = True) -> Health:
+        """Server liveness and readiness, model readiness, and (``probe``) one real inference.
+
+        Not retried. Raises :class:`ServerUnavailableError` when nothing answers.
+        A model can say ready while unable to answer (a dead Python-backend stub),
+        hence the probe.
+        """
+        live = await self._call(lambda t: t.live(), retries=0)
+        ready = await self._call(lambda t: t.ready(), retries=0)
+        model_ready = await self._call(lambda t: t.model_ready(self.model), retries=0)
+        version = await self._call(lambda t: t.version(), retries=0)
+        probe_ms = error = None
+        if probe and model_ready:
+            start = time.perf_counter()
+            try:
+                await self._call(lambda t: t.infer(self.model, ["health check"], ("indices",), {"top_k": 1}),
+                                 retries=0)
+                probe_ms = (time.perf_counter() - start) * 1000
+            except SpladeError as exc:
+                error = str(exc)
+        return Health(self.url, live, ready, self.model, model_ready, version, probe_ms, error)
+
+    async def model_outputs(self) -> list[str]:
+        """The names of the model's outputs, from its metadata (what kind of pipeline it is)."""
+        meta = await self._call(lambda t: t.metadata(self.model))
+        return [o["name"] for o in meta.get("outputs", [])]
+
+
+class AsyncSpladeClient(_AsyncClient):
+    """Encode texts with the ``splade`` model of a Triton server, from asyncio code.
+
+    Arguments: see :class:`_AsyncClient` (``model`` defaults to ``splade``).
+
+    >>> async with AsyncSpladeClient("grpc://127.0.0.1:8001") as client:
+    ...     vectors = await client.encode(["what is the capital of france"], top_k=8)
+    """
+
+    DEFAULT_MODEL = "splade"
+    _vocab_size: int | None = None
+
+    @property
+    def embedding_model(self) -> str:
+        """The pipeline's ensemble for vocabulary-wide vectors: ``<model>_embedding``."""
+        return f"{self.model}_embedding"
+
+    async def _encode_chunk(self, texts: Sequence[str | bytes], parameters: dict[str, Any] | None,
+                            return_tokens: bool) -> list[SparseVector]:
+        # Only what is needed travels back: `embedding` is vocab floats per text.
+        outputs = ("indices", "values", "tokens") if return_tokens else ("indices", "values")
+        result = await self._infer(texts, outputs, parameters)
+        return _rows_to_vectors(result["indices"], result["values"], result.get("tokens"))
+
 
     async def encode_batches(self, batches: Iterable[tuple[T, Sequence[str | bytes]]], *,
                              top_k: int | None = None, min_weight: float | None = None,
@@ -490,27 +543,154 @@ class AsyncSpladeClient:
             self._vocab_size = int(result["embedding"].shape[1])
         return self._vocab_size
 
-    async def health(self, probe: bool = True) -> Health:
-        """Server liveness and readiness, model readiness, and (``probe``) one real inference.
 
-        Not retried. Raises :class:`ServerUnavailableError` when nothing answers.
-        A model can say ready while unable to answer (a dead Python-backend stub),
-        hence the probe.
+INPUT_TYPES = ("query", "document")
+
+
+def _m3_outputs(dense: bool, sparse: bool, colbert: bool, tokens: bool) -> tuple[str, ...]:
+    outputs: list[str] = []
+    if dense:
+        outputs.append("dense")
+    if sparse:
+        outputs += ["indices", "values", "tokens"] if tokens else ["indices", "values"]
+    if colbert:
+        outputs += ["colbert", "colbert_lengths"]
+    return tuple(outputs)
+
+
+def _rows_to_m3(result: dict[str, np.ndarray], n: int) -> list[M3Embedding]:
+    dense = result.get("dense")
+    sparse = (_rows_to_vectors(result["indices"], result["values"], result.get("tokens"))
+              if "indices" in result else None)
+    colbert, lengths = result.get("colbert"), result.get("colbert_lengths")
+    out = []
+    for r in range(n):
+        # Copies: a text's vectors must not keep the whole request's padded arrays alive.
+        out.append(M3Embedding(
+            None if dense is None else dense[r].copy(),
+            None if sparse is None else sparse[r],
+            None if colbert is None else colbert[r, :int(lengths.reshape(-1)[r])].copy()))
+    return out
+
+
+class AsyncBgeM3Client(_AsyncClient):
+    """Encode texts with a ``bge_m3`` pipeline (dense, sparse lexical weights, ColBERT), from asyncio code.
+
+    Arguments: see :class:`_AsyncClient` (``model`` defaults to ``bge_m3``; its
+    multi-vector ensemble is ``<model>_colbert``, used only when ColBERT vectors
+    are asked for). Only the outputs needed are requested.
+
+    >>> async with AsyncBgeM3Client("grpc://127.0.0.1:8001") as m3:
+    ...     q = await m3.encode_queries("what is the capital of france")
+    ...     docs = await m3.encode_corpus(["paris is the capital of france"], return_colbert_vecs=True)
+    """
+
+    DEFAULT_MODEL = "bge_m3"
+
+    @property
+    def colbert_model(self) -> str:
+        """The pipeline's ensemble that also returns ColBERT vectors: ``<model>_colbert``."""
+        return f"{self.model}_colbert"
+
+    def _request(self, *, return_dense: bool, return_sparse: bool, return_colbert_vecs: bool,
+                 return_tokens: bool, top_k: int | None, min_weight: float | None,
+                 input_type: str | None) -> tuple[str, tuple[str, ...], dict[str, Any] | None]:
+        if not (return_dense or return_sparse or return_colbert_vecs):
+            raise ValueError("ask for at least one of return_dense, return_sparse, return_colbert_vecs")
+        if input_type is not None and input_type not in INPUT_TYPES:
+            raise ValueError(f"input_type must be 'query' or 'document', got {input_type!r}")
+        parameters = _parameters(top_k, min_weight) or {}
+        if input_type is not None:
+            parameters["input_type"] = input_type
+        model = self.colbert_model if return_colbert_vecs else self.model
+        outputs = _m3_outputs(return_dense, return_sparse, return_colbert_vecs, return_tokens and return_sparse)
+        return model, outputs, parameters or None
+
+    async def encode_batches(self, batches: Iterable[tuple[T, Sequence[str | bytes]]], *,
+                             return_dense: bool = True, return_sparse: bool = True,
+                             return_colbert_vecs: bool = False, return_tokens: bool = False,
+                             input_type: str | None = None, top_k: int | None = None,
+                             min_weight: float | None = None) -> AsyncIterator[tuple[T, list[M3Embedding]]]:
+        """Stream ``(tag, embeddings)`` for each ``(tag, texts)`` batch, in order (one request each);
+        see :meth:`AsyncSpladeClient.encode_batches`."""
+        model, outputs, parameters = self._request(
+            return_dense=return_dense, return_sparse=return_sparse, return_colbert_vecs=return_colbert_vecs,
+            return_tokens=return_tokens, top_k=top_k, min_weight=min_weight, input_type=input_type)
+
+        async def request(texts: Sequence[str | bytes]) -> list[M3Embedding]:
+            return _rows_to_m3(await self._infer(texts, outputs, parameters, model), len(texts))
+
+        agen = self._pipeline(batches, request)
+        try:
+            async for item in agen:
+                yield item
+        finally:
+            await agen.aclose()
+
+    async def iter_encode(self, texts: Iterable[str | bytes], **kwargs: Any) -> AsyncIterator[M3Embedding]:
+        """Stream one :class:`M3Embedding` per text, in order (arguments as :meth:`encode`)."""
+        batches = ((None, chunk) for chunk in self._requests(texts))
+        agen = self.encode_batches(batches, **kwargs)
+        try:
+            async for _, embeddings in agen:
+                for embedding in embeddings:
+                    yield embedding
+        finally:
+            await agen.aclose()
+
+    async def encode(self, texts, *, return_dense: bool = True, return_sparse: bool = True,
+                     return_colbert_vecs: bool = False, return_tokens: bool = False,
+                     input_type: str | None = None, top_k: int | None = None, min_weight: float | None = None):
+        """One :class:`M3Embedding` per text, in order (a single ``str`` gives a single one).
+
+        ``return_dense`` / ``return_sparse`` / ``return_colbert_vecs``: which
+        representations to compute and fetch (FlagEmbedding's names; the
+        others are None). ``return_tokens``: also the vocabulary string of each
+        lexical weight. ``input_type``: ``"query"`` or ``"document"`` (the
+        pipeline's query or passage ``max_length``; None: the server's default).
+        ``top_k`` / ``min_weight``: the sparse part's request parameters.
+        :func:`~client.m3.to_flagembedding` turns the result into FlagEmbedding's
+        ``{"dense_vecs", "lexical_weights", "colbert_vecs"}``.
         """
-        live = await self._call(lambda t: t.live(), retries=0)
-        ready = await self._call(lambda t: t.ready(), retries=0)
-        model_ready = await self._call(lambda t: t.model_ready(self.model), retries=0)
-        version = await self._call(lambda t: t.version(), retries=0)
-        probe_ms = error = None
-        if probe and model_ready:
-            start = time.perf_counter()
-            try:
-                await self._call(lambda t: t.infer(self.model, ["health check"], ("indices",), {"top_k": 1}),
-                                 retries=0)
-                probe_ms = (time.perf_counter() - start) * 1000
-            except SpladeError as exc:
-                error = str(exc)
-        return Health(self.url, live, ready, self.model, model_ready, version, probe_ms, error)
+        kwargs = dict(return_dense=return_dense, return_sparse=return_sparse,
+                      return_colbert_vecs=return_colbert_vecs, return_tokens=return_tokens,
+                      input_type=input_type, top_k=top_k, min_weight=min_weight)
+        if isinstance(texts, (str, bytes)):
+            return (await self.encode([texts], **kwargs))[0]
+        self._request(**kwargs)  # bad arguments fail before any text is read
+        return [e async for e in self.iter_encode(texts, **kwargs)]
+
+    async def encode_queries(self, texts, **kwargs: Any):
+        """:meth:`encode` with ``input_type="query"`` (FlagEmbedding's ``encode_queries``)."""
+        return await self.encode(texts, input_type="query", **kwargs)
+
+    async def encode_corpus(self, texts, **kwargs: Any):
+        """:meth:`encode` with ``input_type="document"`` (FlagEmbedding's ``encode_corpus``)."""
+        return await self.encode(texts, input_type="document", **kwargs)
+
+    async def compute_score(self, sentence_pairs, *, weights_for_different_modes: Sequence[float] | None = None,
+                            return_dense: bool = True, return_sparse: bool = True,
+                            return_colbert_vecs: bool = True) -> dict[str, Any]:
+        """FlagEmbedding's ``BGEM3FlagModel.compute_score``: scores of ``(query, passage)`` pairs.
+
+        Queries are encoded as ``query``, passages as ``document``; the result has
+        the keys ``dense``, ``sparse``, ``colbert``, ``sparse+dense``,
+        ``colbert+sparse+dense`` (see :func:`~client.m3.score_pairs`; a mode not
+        asked for is left out), each a list with one score per pair, or a float
+        for a single pair. ``weights_for_different_modes``: [dense, sparse,
+        colbert], default [1, 1, 1].
+        """
+        if isinstance(sentence_pairs, list) and not sentence_pairs:
+            return {}
+        single = isinstance(sentence_pairs[0], str)
+        pairs = [tuple(sentence_pairs)] if single else [tuple(p) for p in sentence_pairs]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError("sentence_pairs are (query, passage) pairs")
+        what = dict(return_dense=return_dense, return_sparse=return_sparse, return_colbert_vecs=return_colbert_vecs)
+        queries = await self.encode_queries([q for q, _ in pairs], **what)
+        passages = await self.encode_corpus([p for _, p in pairs], **what)
+        scores = score_pairs(queries, passages, weights_for_different_modes)
+        return {k: v[0] for k, v in scores.items()} if single else scores
 
 
 class _LoopThread:
@@ -570,7 +750,7 @@ class _LoopThread:
             self.loop.close()
 
 
-def _shutdown(runner: _LoopThread, aclient: AsyncSpladeClient) -> None:
+def _shutdown(runner: _LoopThread, aclient: _AsyncClient) -> None:
     # Also what a client that was never closed gets when it is collected.
     try:
         runner.run(aclient.close())
@@ -578,20 +758,13 @@ def _shutdown(runner: _LoopThread, aclient: AsyncSpladeClient) -> None:
         runner.stop()
 
 
-class SpladeClient:
-    """The blocking form of :class:`AsyncSpladeClient`: same arguments, same methods.
+class _BlockingClient:
+    """A blocking client: its asyncio client run on an event loop of its own, in a background thread."""
 
-    >>> with SpladeClient("http://127.0.0.1:8000") as client:
-    ...     vector = client.encode("what is the capital of france", top_k=8, return_tokens=True)
-    ...     vector.top(3)
-    [('capital', 2.7945964), ('france', 2.358742), ('french', 1.8444563)]
-
-    Thread-safe: several threads may call one client at once (their requests
-    share its connection).
-    """
+    _ASYNC: type[_AsyncClient] = _AsyncClient
 
     def __init__(self, url: str = DEFAULT_URL, **kwargs: Any):
-        self._aclient = AsyncSpladeClient(url, **kwargs)
+        self._aclient = self._ASYNC(url, **kwargs)
         self._runner = _LoopThread()
         self._finalizer = weakref.finalize(self, _shutdown, self._runner, self._aclient)
 
@@ -607,7 +780,7 @@ class SpladeClient:
             raise AttributeError(name)
         return value
 
-    def __enter__(self) -> SpladeClient:
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -626,6 +799,29 @@ class SpladeClient:
                     return
         finally:
             self._runner.run(agen.aclose())
+
+    def health(self, probe: bool = True) -> Health:
+        """See :meth:`AsyncSpladeClient.health`."""
+        return self._runner.run(self._aclient.health(probe))
+
+    def model_outputs(self) -> list[str]:
+        """See :meth:`_AsyncClient.model_outputs`."""
+        return self._runner.run(self._aclient.model_outputs())
+
+
+class SpladeClient(_BlockingClient):
+    """The blocking form of :class:`AsyncSpladeClient`: same arguments, same methods.
+
+    >>> with SpladeClient("http://127.0.0.1:8000") as client:
+    ...     vector = client.encode("what is the capital of france", top_k=8, return_tokens=True)
+    ...     vector.top(3)
+    [('capital', 2.7945964), ('france', 2.358742), ('french', 1.8444563)]
+
+    Thread-safe: several threads may call one client at once (their requests
+    share its connection).
+    """
+
+    _ASYNC = AsyncSpladeClient
 
     @overload
     def encode(self, texts: str, *, top_k: int | None = ..., min_weight: float | None = ...,
@@ -668,6 +864,43 @@ class SpladeClient:
         """See :meth:`AsyncSpladeClient.vocab_size`."""
         return self._runner.run(self._aclient.vocab_size())
 
-    def health(self, probe: bool = True) -> Health:
-        """See :meth:`AsyncSpladeClient.health`."""
-        return self._runner.run(self._aclient.health(probe))
+
+class BgeM3Client(_BlockingClient):
+    """The blocking form of :class:`AsyncBgeM3Client`: same arguments, same methods.
+
+    >>> with BgeM3Client("grpc://127.0.0.1:8001") as m3:
+    ...     out = to_flagembedding(m3.encode(["what is bge m3", "a passage"], return_colbert_vecs=True))
+    ...     m3.compute_score([("what is bge m3", "BGE-M3 is an embedding model")],
+    ...                      weights_for_different_modes=[0.4, 0.2, 0.4])["colbert+sparse+dense"]
+    """
+
+    _ASYNC = AsyncBgeM3Client
+
+    def encode(self, texts, **kwargs: Any):
+        """See :meth:`AsyncBgeM3Client.encode`."""
+        if not isinstance(texts, (str, bytes)):
+            texts = list(texts)  # read here, not in the loop's thread
+        return self._runner.run(self._aclient.encode(texts, **kwargs))
+
+    def encode_queries(self, texts, **kwargs: Any):
+        """See :meth:`AsyncBgeM3Client.encode_queries`."""
+        return self.encode(texts, input_type="query", **kwargs)
+
+    def encode_corpus(self, texts, **kwargs: Any):
+        """See :meth:`AsyncBgeM3Client.encode_corpus`."""
+        return self.encode(texts, input_type="document", **kwargs)
+
+    def iter_encode(self, texts: Iterable[str | bytes], **kwargs: Any) -> Iterator[M3Embedding]:
+        """See :meth:`AsyncBgeM3Client.iter_encode`."""
+        return self._iterate(self._aclient.iter_encode(texts, **kwargs))
+
+    def encode_batches(self, batches: Iterable[tuple[T, Sequence[str | bytes]]],
+                       **kwargs: Any) -> Iterator[tuple[T, list[M3Embedding]]]:
+        """See :meth:`AsyncBgeM3Client.encode_batches`."""
+        return self._iterate(self._aclient.encode_batches(batches, **kwargs))
+
+    def compute_score(self, sentence_pairs, **kwargs: Any) -> dict[str, Any]:
+        """See :meth:`AsyncBgeM3Client.compute_score`."""
+        if not isinstance(sentence_pairs, tuple):
+            sentence_pairs = list(sentence_pairs)
+        return self._runner.run(self._aclient.compute_score(sentence_pairs, **kwargs))

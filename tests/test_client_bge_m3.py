@@ -1,0 +1,278 @@
+"""The BGE-M3 client (client/m3.py, BgeM3Client): FlagEmbedding's output form and scores, compared
+number for number with FlagEmbedding's own functions on random vectors, and what is requested."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from FlagEmbedding.finetune.embedder.encoder_only.m3.modeling import EncoderOnlyEmbedderM3ModelForInference as M3Model
+from FlagEmbedding.inference.embedder.encoder_only.m3 import M3Embedder
+
+from client import (
+    BgeM3Client,
+    M3Embedding,
+    SparseVector,
+    colbert_score,
+    compute_lexical_matching_score,
+    core,
+    hybrid_scores,
+    score_pairs,
+    to_flagembedding,
+)
+from client.m3 import colbert_scores, parse_weights
+
+HIDDEN = 16
+VOCAB = 60
+SPECIAL = (0, 1, 2, 3)  # <s> <pad> </s> <unk>: FlagEmbedding drops their weights
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def random_text(rng: np.random.Generator, max_tokens: int) -> dict:
+    """A text as the model would see it: token ids (<s> first, </s> last) and its three outputs."""
+    n = int(rng.integers(1, max_tokens + 1))  # colbert vectors: tokens after <s>, </s> included
+    ids = np.concatenate([[0], rng.integers(4, VOCAB, n - 1), [2]])  # repeated ids happen
+    weights = np.maximum(rng.normal(0.1, 0.3, ids.size), 0).astype(np.float32)  # relu: some exactly 0
+    sparse_full = np.zeros(VOCAB, np.float32)  # FlagEmbedding's scatter_reduce amax, specials zeroed
+    np.maximum.at(sparse_full, ids, weights)
+    sparse_full[list(SPECIAL)] = 0
+    lexical = {str(i): float(sparse_full[i]) for i in np.flatnonzero(sparse_full)}
+    return {"dense": _unit(rng.normal(size=HIDDEN)), "colbert": _unit(rng.normal(size=(n, HIDDEN))),
+            "sparse_full": sparse_full, "lexical": lexical}
+
+
+def f32(lexical_weights: dict) -> dict:
+    """Lexical weights compared as the float32 numbers they are."""
+    return {k: np.float32(w) for k, w in lexical_weights.items()}
+
+
+def embedding(text: dict) -> M3Embedding:
+    return M3Embedding(text["dense"], SparseVector.from_lexical_weights(text["lexical"]), text["colbert"])
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    rng = np.random.default_rng(7)
+    queries = [random_text(rng, 6) for _ in range(9)]
+    passages = [random_text(rng, 14) for _ in range(9)]
+    return queries, passages
+
+
+# --- scores against FlagEmbedding -----------------------------------------------------------
+
+
+def test_colbert_score_equals_flagembedding(corpus):
+    queries, passages = corpus
+    for q in queries:
+        ours = [colbert_score(q["colbert"], p["colbert"]) for p in passages]
+        theirs = [float(M3Embedder.colbert_score(None, q["colbert"], p["colbert"])) for p in passages]
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+        # the one-matrix-product form for many passages is the same number
+        np.testing.assert_allclose(colbert_scores(q["colbert"], [p["colbert"] for p in passages]), ours,
+                                   rtol=0, atol=1e-12)
+    # a negative best match stays negative (no zero padding slips into the max)
+    q = -np.eye(HIDDEN, dtype=np.float32)[:2]
+    p = np.eye(HIDDEN, dtype=np.float32)[:3]
+    assert colbert_score(q, p) == pytest.approx(float(M3Embedder.colbert_score(None, q, p))) == pytest.approx(-0.0)
+    with pytest.raises(ValueError):
+        colbert_score(np.zeros((0, HIDDEN)), p)
+
+
+def test_lexical_matching_score_equals_flagembedding(corpus):
+    queries, passages = corpus
+    lq, lp = [q["lexical"] for q in queries], [p["lexical"] for p in passages]
+    theirs = M3Embedder.compute_lexical_matching_score(None, lq, lp)
+    np.testing.assert_allclose(compute_lexical_matching_score(lq, lp), theirs, rtol=0, atol=1e-6)
+    assert compute_lexical_matching_score(lq[0], lp[0]) == pytest.approx(
+        M3Embedder.compute_lexical_matching_score(None, lq[0], lp[0]), abs=1e-6)
+    # a SparseVector reads lexical weights and gives back the same keys and float32 weights
+    for d in lq:
+        assert f32(SparseVector.from_lexical_weights(d).to_lexical_weights()) == f32(d)
+
+
+class _FakeInputs(dict):
+    def to(self, device):
+        return self
+
+
+def flagembedding_compute_score(texts: dict[str, dict], pairs, weights, batch_size=1):
+    """FlagEmbedding's own M3Embedder.compute_score_single_device, its model replaced by one that
+    answers the given vectors (padded as the real model pads: zero colbert rows, masked)."""
+    scorer = SimpleNamespace(temperature=1.0,
+                             _compute_similarity=lambda q, p: M3Model._compute_similarity(None, q, p))
+
+    def tokenize(batch, max_length, **kwargs):
+        longest = max(len(texts[t]["colbert"]) for t in batch) + 1
+        mask = torch.tensor([[1] * (len(texts[t]["colbert"]) + 1) + [0] * (longest - len(texts[t]["colbert"]) - 1)
+                             for t in batch])
+        return _FakeInputs(texts=list(batch), attention_mask=mask)
+
+    def model(inputs, **kwargs):
+        batch = inputs["texts"]
+        width = inputs["attention_mask"].shape[1] - 1
+        colbert = np.zeros((len(batch), width, HIDDEN), np.float32)
+        for i, t in enumerate(batch):
+            colbert[i, :len(texts[t]["colbert"])] = texts[t]["colbert"]
+        return {"dense_vecs": torch.from_numpy(np.stack([texts[t]["dense"] for t in batch])),
+                "sparse_vecs": torch.from_numpy(np.stack([texts[t]["sparse_full"] for t in batch])),
+                "colbert_vecs": torch.from_numpy(colbert)}
+
+    # the callable model, with the scoring methods of FlagEmbedding's own model class
+    model.compute_dense_score = lambda q, p: M3Model.compute_dense_score(scorer, q, p)
+    model.compute_sparse_score = lambda q, p: M3Model.compute_sparse_score(scorer, q, p)
+    model.compute_colbert_score = lambda q, p, q_mask: M3Model.compute_colbert_score(scorer, q, p, q_mask=q_mask)
+    model.float = model.eval = lambda: None
+    model.to = lambda device: None
+    this = SimpleNamespace(tokenizer=tokenize, model=model, target_devices=["cpu"],
+                           _convert_to_numpy=lambda t, device=None: t.cpu().numpy())
+    return M3Embedder.compute_score_single_device(this, pairs, batch_size=batch_size,
+                                                  weights_for_different_modes=weights, device="cpu")
+
+
+@pytest.mark.parametrize("weights", [None, [0.4, 0.2, 0.4], [1.0, 0.3, 1.0], [0.0, 1.0, 0.0]])
+def test_score_pairs_equals_flagembedding_compute_score(corpus, weights):
+    queries, passages = corpus
+    texts = {f"q{i}": q for i, q in enumerate(queries)} | {f"p{i}": p for i, p in enumerate(passages)}
+    pairs = [(f"q{i}", f"p{j}") for i in range(len(queries)) for j in (i, (i + 3) % len(passages))]
+    theirs = flagembedding_compute_score(texts, pairs, weights)
+    ours = score_pairs([embedding(texts[q]) for q, _ in pairs], [embedding(texts[p]) for _, p in pairs], weights)
+    assert set(ours) == set(theirs) == {"dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense"}
+    for key in theirs:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=0, atol=1e-5, err_msg=key)
+    # one pair: floats, as FlagEmbedding answers a single tuple
+    single = flagembedding_compute_score(texts, pairs[0], weights)
+    assert set(single) == set(theirs) and all(isinstance(v, float) for v in single.values())
+
+
+def test_hybrid_scores_matrix_is_score_pairs_per_cell(corpus):
+    queries, passages = corpus
+    qs, ps = [embedding(q) for q in queries], [embedding(p) for p in passages]
+    matrix = hybrid_scores(qs, ps, "0.4,0.2,0.4")
+    for i, q in enumerate(qs):
+        cell = score_pairs([q] * len(ps), ps, [0.4, 0.2, 0.4])["colbert+sparse+dense"]
+        np.testing.assert_allclose(matrix[i], cell, rtol=0, atol=1e-9)
+    for k, mode in enumerate(("dense", "sparse", "colbert")):
+        one = [0.0, 0.0, 0.0]
+        one[k] = 2.0
+        cells = np.array([score_pairs([q] * len(ps), ps)[mode] for q in qs])
+        np.testing.assert_allclose(hybrid_scores(qs, ps, one), cells, rtol=0, atol=1e-9)
+    # a mode weighted 0 is never looked at: dense-only embeddings rank by dense
+    dense_only = [M3Embedding(dense=e.dense) for e in qs]
+    assert hybrid_scores(dense_only, [M3Embedding(dense=e.dense) for e in ps], (1, 0, 0)).shape == (9, 9)
+    with pytest.raises(ValueError, match="sparse is weighted"):
+        hybrid_scores(dense_only, ps, (1, 1, 0))
+
+
+def test_parse_weights():
+    assert parse_weights("0.4,0.2,0.4") == (0.4, 0.2, 0.4)
+    assert parse_weights([1, 0, 0]) == (1.0, 0.0, 0.0)
+    assert parse_weights(None) is None
+    for bad in ("0.4,0.2", "a,b,c", "0,0,0", "-1,1,1", "nan,1,1"):
+        with pytest.raises(ValueError):
+            parse_weights(bad)
+
+
+# --- output forms ------------------------------------------------------------------------
+
+
+def test_flagembedding_form_and_json_round_trip(corpus):
+    queries, _ = corpus
+    embeddings = [embedding(q) for q in queries[:3]]
+    out = to_flagembedding(embeddings)
+    assert set(out) == {"dense_vecs", "lexical_weights", "colbert_vecs"}
+    assert out["dense_vecs"].shape == (3, HIDDEN) and out["dense_vecs"].dtype == np.float32
+    assert [f32(d) for d in out["lexical_weights"]] == [f32(q["lexical"]) for q in queries[:3]]
+    assert [c.shape for c in out["colbert_vecs"]] == [(len(q["colbert"]), HIDDEN) for q in queries[:3]]
+    one = to_flagembedding(embeddings[0])  # FlagEmbedding given one string
+    assert one["dense_vecs"].shape == (HIDDEN,) and isinstance(one["lexical_weights"], dict)
+    partial = to_flagembedding([M3Embedding(dense=e.dense) for e in embeddings])
+    assert partial["lexical_weights"] is None and partial["colbert_vecs"] is None
+    for e in embeddings:
+        for form in (e.to_native(), e.to_m3_json()):
+            back = M3Embedding.from_json(json.loads(json.dumps(form)))
+            assert np.array_equal(back.dense, e.dense) and np.array_equal(back.colbert, e.colbert)
+            assert back.sparse == e.sparse
+    assert set(embeddings[0].to_native()) == {"dense", "sparse", "colbert"}
+    assert set(embeddings[0].to_m3_json()) == {"dense_vecs", "lexical_weights", "colbert_vecs"}
+
+
+# --- what is requested (no server: the transport is replaced) ------------------------------
+
+
+@pytest.fixture
+def fake_server(monkeypatch):
+    """Answers like a bge_m3 pipeline with padded outputs, recording (model, outputs, parameters)."""
+    calls = []
+
+    async def infer(self, model, texts, outputs, parameters):
+        calls.append((model, tuple(outputs), parameters))
+        n, t = len(texts), 1 + max(len(x) for x in texts)  # "tokens": one per byte, + </s>
+        lengths = np.array([1 + len(x) for x in texts], np.int32)
+        colbert = np.zeros((n, t, HIDDEN), np.float32)
+        for i, length in enumerate(lengths):
+            colbert[i, :length] = i + 1
+        arrays = {"dense": np.full((n, HIDDEN), 0.5, np.float32),
+                  "indices": np.array([[10 + i, 20, -1] if i % 2 else [10 + i, -1, -1] for i in range(n)], np.int32),
+                  "values": np.array([[2.0, 1.0, 0.0] if i % 2 else [2.0, 0.0, 0.0] for i in range(n)], np.float32),
+                  "tokens": np.array([[b"a", b"b", b""]] * n, dtype=object),
+                  "colbert": colbert, "colbert_lengths": lengths}
+        return {name: arrays[name] for name in outputs}
+
+    monkeypatch.setattr(core._Transport, "infer", infer)
+    return calls
+
+
+def test_only_the_needed_outputs_and_ensemble_are_requested(fake_server):
+    with BgeM3Client("grpc://127.0.0.1:1", batch_size=2) as m3:
+        dense = m3.encode(["a", "bb", "ccc"], return_sparse=False)
+        assert fake_server == [("bge_m3", ("dense",), None)] * 2  # cut into requests of 2
+        assert all(e.sparse is None and e.colbert is None and e.dense.shape == (HIDDEN,) for e in dense)
+        fake_server.clear()
+
+        sparse = m3.encode_queries("bb", return_dense=False, top_k=5)
+        assert fake_server == [("bge_m3", ("indices", "values"), {"top_k": 5, "input_type": "query"})]
+        assert sparse.dense is None and sparse.sparse.to_lexical_weights() == {"10": 2.0}
+        fake_server.clear()
+
+        both = m3.encode(["a", "bb"], return_tokens=True)
+        assert fake_server == [("bge_m3", ("dense", "indices", "values", "tokens"), None)]
+        assert both[1].sparse.tokens == ("a", "b") and both[1].sparse.to_lexical_weights() == {"11": 2.0, "20": 1.0}
+        fake_server.clear()
+
+        allm = m3.encode_corpus(["a", "bbbb", "cc"], return_colbert_vecs=True)
+        assert fake_server == [
+            ("bge_m3_colbert", ("dense", "indices", "values", "colbert", "colbert_lengths"),
+             {"input_type": "document"})] * 2
+        # padding removed by colbert_lengths; each text its own rows
+        assert [e.colbert.shape for e in allm] == [(2, HIDDEN), (5, HIDDEN), (3, HIDDEN)]
+        assert [float(e.colbert[0, 0]) for e in allm] == [1.0, 2.0, 1.0]
+        fake_server.clear()
+
+        only_colbert = m3.encode("x", return_dense=False, return_sparse=False, return_colbert_vecs=True)
+        assert fake_server == [("bge_m3_colbert", ("colbert", "colbert_lengths"), None)]
+        assert only_colbert.dense is None and only_colbert.sparse is None
+        fake_server.clear()
+
+        with pytest.raises(ValueError, match="at least one"):
+            m3.encode("x", return_dense=False, return_sparse=False)
+        with pytest.raises(ValueError, match="input_type"):
+            m3.encode("x", input_type="passage")
+        assert fake_server == []
+
+
+def test_compute_score_encodes_queries_and_passages_apart(fake_server):
+    with BgeM3Client("grpc://127.0.0.1:1") as m3:
+        scores = m3.compute_score([("q one", "passage one"), ("q2", "p2")], weights_for_different_modes=[0.4, 0.2, 0.4])
+        assert [c[2]["input_type"] for c in fake_server] == ["query", "document"]
+        assert all(c[0] == "bge_m3_colbert" for c in fake_server)
+        assert set(scores) == {"dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense"}
+        assert len(scores["dense"]) == 2
+        single = m3.compute_score(("q", "p"), return_colbert_vecs=False)
+        assert set(single) == {"dense", "sparse", "sparse+dense"} and isinstance(single["dense"], float)
+        assert fake_server[-1][0] == "bge_m3"
