@@ -13,10 +13,18 @@ directory (``python -m export.export_onnx``) and its settings::
     [encoder]                              # other config.pbtxt fields of a step:
     config = "instance_group [ { count: 2, kind: KIND_CPU } ]"   # each replaces the template's
 
+``optional = true`` makes a pipeline whose model is not exported yet (its
+model directory or a file a step needs is missing) a skipped pipeline, with
+the reason printed, instead of a failed assembly: the default repository
+holds ``bge_m3`` once ``build/models/bge-m3`` is exported, and assembles
+without it until then.
+
 The kind's templates (``templates/<kind>/``) hold one folder per step with its
 config.pbtxt and, for Python steps, model.py; ``templates/<kind>/kind.toml``
 says which steps are ensembles and which files of the model directory each
-step takes; ``templates/<kind>/gpu/`` is the GPU variant (a step's
+step takes and which token lengths are bounded by the model's position
+embeddings (``[lengths]``: checked against the export's ``export_info.json``
+``max_length``); ``templates/<kind>/gpu/`` is the GPU variant (a step's
 ``config.pbtxt`` there replaces the CPU step, a ``config.override.pbtxt`` is
 merged into it).
 
@@ -36,8 +44,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -48,7 +58,8 @@ from tritonclient.grpc import model_config_pb2
 from splade_triton.artifacts.files import staged_directory
 from splade_triton.artifacts.shapes import parse_config, read_config
 
-__all__ = ["DEVICES", "PIPELINES", "ROOT", "TEMPLATES", "Pipeline", "assemble", "default_pipelines", "pipeline_configs"]
+__all__ = ["DEVICES", "PIPELINES", "ROOT", "TEMPLATES", "Pipeline", "assemble", "default_pipelines", "pipeline_configs",
+           "skipped"]
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
@@ -59,6 +70,7 @@ DEVICES = ("cpu", "gpu")
 _REPLACE = "config.pbtxt"
 _MERGE = "config.override.pbtxt"
 _STEP_KEYS = {"parameters", "config"}
+_EXPORT_INFO = "export_info.json"
 
 
 def _is_repeated(field) -> bool:
@@ -90,6 +102,8 @@ class Pipeline:
     kind: str
     model: Path | None
     steps: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # Skipped (with the reason printed) by the assembly while its model is not exported.
+    optional: bool = False
 
     @classmethod
     def load(cls, path: Path) -> "Pipeline":
@@ -100,15 +114,18 @@ class Pipeline:
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ValueError(f"pipeline spec {path}: {e}") from None
         kind, model = spec.pop("kind", None), spec.pop("model", None)
+        optional = spec.pop("optional", False)
         if not isinstance(kind, str):
             raise ValueError(f"pipeline spec {path}: 'kind' (a folder of templates/) is required")
+        if not isinstance(optional, bool):
+            raise ValueError(f"pipeline spec {path}: 'optional' must be true or false, got {optional!r}")
         steps = {}
         for step, settings in spec.items():
             if not isinstance(settings, dict) or not set(settings) <= _STEP_KEYS:
                 raise ValueError(f"pipeline spec {path}: [{step}] may set only {sorted(_STEP_KEYS)}")
             steps[step] = settings
         model_dir = None if model is None else (ROOT / model if not Path(model).is_absolute() else Path(model))
-        pipeline = cls(path.stem, kind, model_dir, steps)
+        pipeline = cls(path.stem, kind, model_dir, steps, optional)
         pipeline.configs()  # unknown steps, bad config text: fail here, naming the spec
         return pipeline
 
@@ -138,6 +155,13 @@ class Pipeline:
     def renamed(self, name: str) -> "Pipeline":
         return dataclasses.replace(self, name=name)
 
+    def missing_files(self) -> list[Path]:
+        """The files of the model directory its steps need that are not there (optional ones aside)."""
+        if self.model is None:
+            return [Path("<no model directory>")]
+        wanted = {name for names in self.kind_spec().get("files", {}).values() for name in names if not name.endswith("?")}
+        return [self.model / name for name in sorted(wanted) if not (self.model / name).is_file()]
+
     def configs(self, device: str = "cpu") -> dict[str, model_config_pb2.ModelConfig]:
         """Step -> the config it is served with on ``device``."""
         return pipeline_configs(self, device)
@@ -165,9 +189,52 @@ def _template_config(pipeline: Pipeline, step: str, device: str) -> tuple[model_
     return config, False
 
 
+def _model_max_length(pipeline: Pipeline) -> tuple[int, Path] | None:
+    """The export's ``max_length`` (what its position embeddings allow), when it states one."""
+    if pipeline.model is None:
+        return None
+    path = pipeline.model / _EXPORT_INFO
+    if not path.is_file():
+        return None
+    try:
+        length = json.loads(path.read_text()).get("max_length")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"pipeline '{pipeline.name}': cannot read {path}: {e}") from None
+    return (length, path) if isinstance(length, int) and not isinstance(length, bool) else None
+
+
+def _bound_lengths(pipeline: Pipeline, kind: dict, configs: dict[str, model_config_pb2.ModelConfig]) -> None:
+    """Token lengths (kind.toml ``[lengths]``) never beyond the model's: a spec
+    that sets more is refused, a template default that is more is lowered."""
+    bounded = kind.get("lengths", {})
+    limit = _model_max_length(pipeline) if bounded else None
+    if limit is None:
+        return
+    limit, path = limit
+    for step, names in bounded.items():
+        config, settings = configs[step], pipeline.steps.get(step, {}).get("parameters", {})
+        for name in names:
+            if name not in config.parameters:
+                continue
+            text = config.parameters[name].string_value
+            try:
+                value = int(text)
+            except ValueError:
+                raise ValueError(f"pipeline '{pipeline.name}' [{step}.parameters] {name} = {text!r}: not an integer") from None
+            if value <= limit:
+                continue
+            if name in settings:
+                raise ValueError(
+                    f"pipeline '{pipeline.name}' [{step}.parameters] {name} = {value} is beyond what the model serves: "
+                    f"{limit} tokens (max_length of {path}: its position embeddings)"
+                )
+            config.parameters[name].string_value = str(limit)
+
+
 def pipeline_configs(pipeline: Pipeline, device: str = "cpu") -> dict[str, model_config_pb2.ModelConfig]:
-    """Step -> served config: template, GPU variant, spec settings, served names."""
-    steps = pipeline.kind_spec()["steps"]
+    """Step -> served config: template, GPU variant, spec settings, lengths bounded by the model, served names."""
+    kind = pipeline.kind_spec()
+    steps = kind["steps"]
     unknown = sorted(set(pipeline.steps) - set(steps))
     if unknown:
         raise ValueError(f"pipeline '{pipeline.name}' sets unknown step(s) {unknown}; kind '{pipeline.kind}' has {sorted(steps)}")
@@ -191,6 +258,7 @@ def pipeline_configs(pipeline: Pipeline, device: str = "cpu") -> dict[str, model
                 raise ValueError(f"{pipeline.templates / step / _REPLACE} runs {ensemble_step.model_name!r}, not a step of '{pipeline.kind}'")
             ensemble_step.model_name = pipeline.model_name(ensemble_step.model_name)
         configs[step] = config
+    _bound_lengths(pipeline, kind, configs)
     return configs
 
 
@@ -248,15 +316,38 @@ def _write_pipeline(output: Path, pipeline: Pipeline, device: str, plan: Path | 
                 raise FileNotFoundError(f"pipeline '{pipeline.name}': {source} is missing (export the model with python -m export.export_onnx)")
 
 
+def skipped(pipelines: list[Pipeline]) -> dict[str, str]:
+    """Optional pipelines whose model is not exported: name -> why they are left out."""
+    reasons = {}
+    for pipeline in pipelines:
+        if pipeline.optional:
+            missing = pipeline.missing_files()
+            if missing:
+                model = pipeline.model
+                shown = model.relative_to(ROOT) if model is not None and ROOT in model.parents else model
+                what = ("is missing" if model is None or not model.is_dir()
+                        else f"lacks {', '.join(p.name for p in missing)}")
+                reasons[pipeline.name] = (
+                    f"optional pipeline '{pipeline.name}' skipped: its model directory {shown} {what}; export the "
+                    f"model with python -m export.export_onnx --output {shown}, then assemble again"
+                )
+    return reasons
+
+
 def assemble(output: Path, pipelines: list[Pipeline] | None = None, device: str = "cpu",
              plans: dict[str, Path] | None = None) -> Path:
     """Write the repository holding ``pipelines`` (default: pipelines/*.toml) to ``output``.
 
     Built in a sibling folder and renamed into place: a failure leaves the
     previous repository as it was. ``plans``: pipeline name -> TensorRT plan
-    for the GPU encoder. Returns ``output``.
+    for the GPU encoder. An optional pipeline whose model is not exported is
+    left out, the reason printed on stderr. Returns ``output``.
     """
     pipelines = default_pipelines() if pipelines is None else pipelines
+    reasons = skipped(pipelines)
+    for reason in reasons.values():
+        print(f"splade_triton.artifacts.repository: {reason}", file=sys.stderr)
+    pipelines = [p for p in pipelines if p.name not in reasons]
     output = Path(output).resolve()
     names = [p.model_name(step) for p in pipelines for step in p.kind_spec()["steps"]]
     clashes = sorted({n for n in names if names.count(n) > 1})
@@ -290,7 +381,8 @@ def main(argv: list[str] | None = None) -> None:
         out = assemble(args.output, pipelines, args.device, plans)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"splade_triton.artifacts.repository: {e}") from None
-    print(f"assembled the {args.device} repository in {out}: {', '.join(p.name for p in pipelines)}")
+    served = [p.name for p in pipelines if p.name not in skipped(pipelines)]
+    print(f"assembled the {args.device} repository in {out}: {', '.join(served)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,132 @@
+"""BGE-M3 serving math, in numpy, importable without Triton or torch.
+
+BGE-M3 (FlagEmbedding's BGEM3FlagModel) computes from one XLM-RoBERTa pass:
+
+- dense: the ``<s>`` hidden state, L2-normalised (done in the exported graph);
+- lexical weights: per token ``w_i = relu(sparse_linear(h_i))`` (the graph's
+  ``token_weights``); per text, for each token id, the max of ``w`` over its
+  occurrences, the ids of ``<s>``, ``</s>``, ``<pad>`` and ``<unk>`` dropped
+  (``<mask>`` is kept) and weights <= 0 dropped (this module);
+- colbert: one L2-normalised vector per token after ``<s>`` (the graph).
+
+The lexical weights are reduced from per-token values: no tensor of
+vocabulary width (250002 floats per text) ever exists.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+
+import numpy as np
+
+from splade_triton.serving.splade import SparseBatch
+
+__all__ = ["INPUT_TYPES", "SPECIAL_TOKENS", "lexical_weights", "parse_input_type", "read_export_info"]
+
+# Request parameter input_type -> the tokenizer length it selects.
+INPUT_TYPES = {"query": "query", "document": "document", "passage": "document"}
+# The special tokens FlagEmbedding leaves out of the lexical weights.
+SPECIAL_TOKENS = ("cls", "eos", "pad", "unk")
+_NAME = "input_type"
+
+
+def _fold(name) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def parse_input_type(parameters_json: str, default: str = "document") -> str:
+    """The request's ``input_type`` as "query" or "document" ("passage" is "document").
+
+    A name that resembles ``input_type`` but is not it (``input-type``,
+    ``inputType``, ``input_tpye``) is refused, so that a misspelt option never
+    silently does nothing. Raises ValueError with a message for the caller.
+    """
+    params = json.loads(parameters_json) if parameters_json else {}
+    for name in params:
+        if name != _NAME and (_fold(_NAME) in _fold(name) or difflib.get_close_matches(_fold(name), [_fold(_NAME)], n=1, cutoff=0.8)):
+            raise ValueError(f"unknown request parameter(s): {name} (did you mean {_NAME}?)")
+    value = params.get(_NAME, default)
+    if not isinstance(value, str) or value not in INPUT_TYPES:
+        raise ValueError(f"input_type must be 'query' or 'document' (or its synonym 'passage'), got {value!r}")
+    return INPUT_TYPES[value]
+
+
+def read_export_info(path) -> dict:
+    """export_info.json of a BGE-M3 export: its ``max_length`` and ``special_ids``, checked."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"export info not found: {path} (export the model with python -m export.export_onnx)") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    if info.get("kind") != "bge_m3":
+        raise ValueError(f"{path} describes a {info.get('kind')!r} export, not a bge_m3 one")
+    length = info.get("max_length")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+        raise ValueError(f"{path}: max_length must be an integer >= 2, got {length!r}")
+    special = info.get("special_ids") or {}
+    missing = [k for k in SPECIAL_TOKENS if not isinstance(special.get(k), int)]
+    if missing:
+        raise ValueError(f"{path}: special_ids lacks {missing}")
+    return info
+
+
+def lexical_weights(input_ids: np.ndarray, token_weights: np.ndarray, special_ids, top_k: int = 0,
+                    min_weight: float = 0.0) -> SparseBatch:
+    """Per text, the max token weight of each token id, as sorted sparse rows.
+
+    Args:
+        input_ids: int [n, L], the ids the encoder ran on (padding: any id with weight 0).
+        token_weights: float32 [n, L], ``relu(sparse_linear(h)) * mask`` per token.
+        special_ids: ids left out (``<s>``, ``</s>``, ``<pad>``, ``<unk>``).
+        top_k: keep at most this many ids per text, the largest; 0 keeps all.
+        min_weight: drop ids whose weight is below this.
+
+    Rows are sorted by weight descending, ties by id ascending; ``indices``
+    int32 padded with -1, ``values`` float32 padded with 0 (as ``sparsify``).
+    """
+    if input_ids.ndim != 2 or input_ids.shape != token_weights.shape:
+        raise ValueError(f"input_ids {input_ids.shape} and token_weights {token_weights.shape} must be the same 2-D shape")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 keeps all terms), got {top_k}")
+    if not np.isfinite(min_weight) or min_weight < 0:
+        raise ValueError(f"min_weight must be a finite number >= 0, got {min_weight}")
+    n = input_ids.shape[0]
+    keep = token_weights > 0
+    if min_weight > 0:
+        keep &= token_weights >= min_weight
+    keep &= ~np.isin(input_ids, np.asarray(list(special_ids), dtype=input_ids.dtype))
+    rows, positions = np.nonzero(keep)
+    ids = input_ids[rows, positions].astype(np.int64, copy=False)
+    weights = token_weights[rows, positions].astype(np.float32, copy=False)
+
+    # The max over each (text, id): sorted by text, id, weight descending, the
+    # first of each run is it.
+    order = np.lexsort((-weights, ids, rows))
+    rows, ids, weights = rows[order], ids[order], weights[order]
+    first = np.ones(rows.size, dtype=bool)
+    first[1:] = (rows[1:] != rows[:-1]) | (ids[1:] != ids[:-1])
+    rows, ids, weights = rows[first], ids[first], weights[first]
+
+    # Text-major, weight descending, ties by id ascending.
+    order = np.lexsort((ids, -weights, rows))
+    rows, ids, weights = rows[order], ids[order], weights[order]
+    counts = np.bincount(rows, minlength=n)
+    starts = np.zeros(n, dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    rank = np.arange(rows.size) - np.repeat(starts, counts)
+    if top_k:
+        keep = rank < top_k
+        rows, ids, weights, rank = rows[keep], ids[keep], weights[keep], rank[keep]
+        counts = np.minimum(counts, top_k)
+    width = int(counts.max()) if n else 0
+    indices = np.full((n, width), -1, dtype=np.int32)
+    values = np.zeros((n, width), dtype=np.float32)
+    indices[rows, rank] = ids
+    values[rows, rank] = weights
+    return SparseBatch(indices, values, counts)
