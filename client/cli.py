@@ -1,13 +1,16 @@
 """``python -m client``: embed, bulk-encode, search, evaluate, and check the service.
 
 Every command talks to the server given by ``--url`` (default ``$SPLADE_URL``,
-else ``grpc://127.0.0.1:8001``). A failure is one line on stderr and a non-zero
-exit status: 1 for errors, 2 for bad usage, 130 when interrupted.
+else ``grpc://127.0.0.1:8001``) and the pipeline given by ``--model`` (default
+``splade``); whether it is a SPLADE or a BGE-M3 pipeline is read from the
+model's metadata (``--kind`` to say it). A failure is one line on stderr and a
+non-zero exit status: 1 for errors, 2 for bad usage, 130 when interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -18,12 +21,33 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
+import numpy as np
 from tqdm import tqdm
 
-from .core import DEFAULT_URL, MAX_BATCH_SIZE, MAX_REQUEST_BYTES, SpladeClient, batched
-from .corpus import VectorsFile, count_lines, id_key, load_beir, read_jsonl, read_vectors, record_text, vector_line
-from .errors import SpladeError
-from .formats import FORMATS, SparseVector
+from .core import (
+    DEFAULT_URL,
+    INPUT_TYPES,
+    MAX_BATCH_SIZE,
+    MAX_REQUEST_BYTES,
+    BgeM3Client,
+    SpladeClient,
+    _BlockingClient,
+    batched,
+)
+from .corpus import (
+    VectorsFile,
+    count_lines,
+    embedding_line,
+    id_key,
+    load_beir,
+    read_jsonl,
+    read_vectors,
+    record_text,
+    vector_line,
+)
+from .errors import InvalidRequestError, ModelNotFoundError, ServerError, SpladeError
+from .formats import FORMATS, SparseVector, _floats
+from .m3 import M3Embedding, to_flagembedding
 
 __all__ = ["main"]
 
@@ -34,10 +58,41 @@ class CommandError(Exception):
     """A failure to report as one line (exit status 1)."""
 
 
-def _client(args: argparse.Namespace) -> SpladeClient:
-    return SpladeClient(args.url, protocol=args.protocol, model=args.model, batch_size=args.batch_size,
-                        max_request_bytes=args.max_request_bytes, max_in_flight=args.max_in_flight,
-                        timeout=args.timeout, retries=args.retries)
+KINDS = ("splade", "bge_m3")
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(protocol=args.protocol, model=args.model, batch_size=args.batch_size,
+                max_request_bytes=args.max_request_bytes, max_in_flight=args.max_in_flight,
+                timeout=args.timeout, retries=args.retries)
+
+
+def _kind(args: argparse.Namespace) -> str:
+    """``splade`` or ``bge_m3``: ``--kind``, else what the model's metadata says (a ``dense`` output)."""
+    if args.kind != "auto":
+        return args.kind
+    with _BlockingClient(args.url, **_settings(args)) as probe:
+        try:
+            outputs = probe.model_outputs()
+        except (ModelNotFoundError, InvalidRequestError, ServerError):
+            # No such model (or no metadata): the request itself reports it as usual.
+            return "splade"
+    return "bge_m3" if "dense" in outputs else "splade"
+
+
+def _client(args: argparse.Namespace) -> SpladeClient | BgeM3Client:
+    if getattr(args, "resolved_kind", None) is None:
+        args.resolved_kind = _kind(args)
+    cls = BgeM3Client if args.resolved_kind == "bge_m3" else SpladeClient
+    return cls(args.url, **_settings(args))
+
+
+def _m3_asked(args: argparse.Namespace) -> dict[str, Any]:
+    """What a BGE-M3 embed/encode asks for."""
+    if not (args.dense or args.sparse or args.colbert):
+        raise CommandError("nothing to compute: --no-dense and --no-sparse without --colbert")
+    return dict(return_dense=args.dense, return_sparse=args.sparse, return_colbert_vecs=args.colbert,
+                input_type=args.input_type, top_k=args.top_k, min_weight=args.min_weight)
 
 
 def _progress(args: argparse.Namespace, **kwargs: Any) -> tqdm:
@@ -70,12 +125,48 @@ def _human(text: str, vector: SparseVector, show: int, out: TextIO) -> None:
     out.write(f"  ({len(vector)} terms{f', {more} more not shown' if more > 0 else ''})\n")
 
 
+def _human_m3(text: str, embedding: M3Embedding, show: int, out: TextIO) -> None:
+    out.write(f"{text}\n")
+    if embedding.dense is not None:
+        head = " ".join(f"{v:.4f}" for v in _floats(embedding.dense[:4]))
+        out.write(f"  dense    [{embedding.dense.size}]  {head} ...  "
+                  f"(norm {float(np.linalg.norm(embedding.dense)):.3f})\n")
+    if embedding.colbert is not None:
+        out.write(f"  colbert  [{embedding.colbert.shape[0]}, {embedding.colbert.shape[1]}]  "
+                  f"one vector per token after <s>\n")
+    if embedding.sparse is not None:
+        out.write("  sparse\n")
+        buf = io.StringIO()
+        _human("", embedding.sparse, show, buf)
+        out.write("".join(f"  {line}\n" for line in buf.getvalue().splitlines()[1:]))
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     texts = _read_texts(args.texts)
-    with _client(args) as client:
-        vectors = client.encode(texts, top_k=args.top_k, min_weight=args.min_weight,
-                                return_tokens=args.format in ("human", "native"))
     out = sys.stdout
+    with _client(args) as client:
+        if isinstance(client, BgeM3Client):
+            if args.format == "tei":
+                raise CommandError("--format tei is for SPLADE pipelines; a BGE-M3 one prints human, native or m3")
+            embeddings = client.encode(texts, return_tokens=args.format in ("human", "native"), **_m3_asked(args))
+        else:
+            vectors = client.encode(texts, top_k=args.top_k, min_weight=args.min_weight,
+                                    return_tokens=args.format in ("human", "native"))
+    if isinstance(client, BgeM3Client):
+        if args.format == "human":
+            for i, (text, embedding) in enumerate(zip(texts, embeddings)):
+                if i:
+                    out.write("\n")
+                _human_m3(text, embedding, args.show, out)
+        elif args.format == "native":
+            _print_json([e.to_native() for e in embeddings], out)
+        else:  # FlagEmbedding's encode() result, as JSON
+            result = to_flagembedding(embeddings)
+            _print_json({"dense_vecs": None if result["dense_vecs"] is None else [_floats(v) for v in result["dense_vecs"]],
+                         "lexical_weights": result["lexical_weights"],
+                         "colbert_vecs": None if result["colbert_vecs"] is None
+                         else [[_floats(row) for row in c] for c in result["colbert_vecs"]]}, out)
+        return 0
     if args.format == "human":
         for i, (text, vector) in enumerate(zip(texts, vectors)):
             if i:
@@ -128,10 +219,18 @@ def cmd_encode(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         # The bar counts input records: encoded ones and skipped ones.
         with _client(args) as client, _progress(args, total=total, unit="text", desc="encode") as bar:
+            if isinstance(client, BgeM3Client):
+                if args.format == "tei":
+                    raise CommandError("--format tei is for SPLADE pipelines; a BGE-M3 one writes native or m3")
+                results = client.encode_batches(batches, return_tokens=args.tokens, **_m3_asked(args))
+                line = embedding_line
+            else:
+                results = client.encode_batches(batches, top_k=args.top_k, min_weight=args.min_weight,
+                                                return_tokens=args.tokens)
+                line = vector_line
             try:
-                for ids, vectors in client.encode_batches(batches, top_k=args.top_k, min_weight=args.min_weight,
-                                                          return_tokens=args.tokens):
-                    output.write([vector_line(i, v, args.format) for i, v in zip(ids, vectors)])
+                for ids, vectors in results:
+                    output.write([line(i, v, args.format) for i, v in zip(ids, vectors)])
                     written += len(ids)
                     bar.update(written + skipped - bar.n)
                 bar.update(written + skipped - bar.n)
@@ -174,7 +273,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     out = sys.stdout
     with _client(args) as client:
         for query in queries:
-            vector = client.encode(query, top_k=args.query_top_k, return_tokens=True)
+            if isinstance(client, BgeM3Client):  # its lexical weights, against the documents' ones
+                vector = client.encode(query, return_dense=False, return_sparse=True, input_type="query",
+                                       top_k=args.query_top_k, return_tokens=True).sparse
+            else:
+                vector = client.encode(query, top_k=args.query_top_k, return_tokens=True)
             hits = index.search(vector, args.hits)
             if args.json:
                 _print_json({"query": query, "hits": [
@@ -203,21 +306,28 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import DEFAULT_MEASURES, evaluate, write_trec_run
+    from .evaluate import DEFAULT_MEASURES, evaluate, score_weights, write_trec_run
 
     dataset = load_beir(args.dataset, args.split)
     measures = {m: m for m in args.measure} if args.measure else DEFAULT_MEASURES
     name = os.path.basename(os.path.normpath(args.dataset))
     with _client(args) as client, _progress(args, total=len(dataset.corpus) + len(dataset.queries),
                                             unit="text", desc="evaluate") as bar:
+        if not isinstance(client, BgeM3Client) and (args.score not in (None, "sparse") or args.weights):
+            raise CommandError("--score and --weights rank a BGE-M3 pipeline's outputs; "
+                               f"model {args.model!r} is a SPLADE pipeline (sparse dot product)")
+        score = args.score or ("hybrid" if isinstance(client, BgeM3Client) else "sparse")
         result = evaluate(client, dataset, name=name, depth=args.depth, query_top_k=args.query_top_k,
-                          doc_top_k=args.doc_top_k, measures=measures, progress=bar.update)
+                          doc_top_k=args.doc_top_k, measures=measures, progress=bar.update,
+                          score=score, weights=args.weights)
     if args.run:
         write_trec_run(result.run, args.run)
     if args.json:
-        _print_json(result.to_dict(), sys.stdout)
+        _print_json({**result.to_dict(), **({"score": score, "weights": list(score_weights(score, args.weights))}
+                                            if isinstance(client, BgeM3Client) else {})}, sys.stdout)
         return 0
-    print(f"{name}: {result.documents} documents, {result.queries} queries, {result.seconds:.1f} s "
+    ranking = f", ranked by {score}" + (f" {args.weights}" if args.weights else "") if isinstance(client, BgeM3Client) else ""
+    print(f"{name}: {result.documents} documents, {result.queries} queries{ranking}, {result.seconds:.1f} s "
           f"(metrics by {result.library})")
     width = max(len(n) for n in result.metrics)
     for metric, value in result.metrics.items():
@@ -229,7 +339,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with _BlockingClient(args.url, **_settings(args)) as client:
         health = client.health(probe=not args.no_probe)
     if args.json:
         _print_json({**health.__dict__, "ok": health.ok or (args.no_probe and health.model_ready)}, sys.stdout)
@@ -266,7 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"grpc://host:port or http://host:port (default ${URL_ENV} or {DEFAULT_URL})")
     server.add_argument("--protocol", choices=("grpc", "http"),
                         help="protocol for a URL without a scheme (default grpc)")
-    server.add_argument("--model", default="splade", help="model name (default splade)")
+    server.add_argument("--model", default="splade",
+                        help="pipeline (its ensemble) name, e.g. splade or bge_m3 (default splade)")
+    server.add_argument("--kind", choices=("auto", *KINDS), default="auto",
+                        help="what kind of pipeline --model is (default auto: read from the model's metadata)")
     server.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     server.add_argument("--retries", type=int, default=4,
                         help="retries of a request that cannot reach the server (default 4)")
@@ -289,29 +402,41 @@ def build_parser() -> argparse.ArgumentParser:
                         help="JSON field(s) of the text, repeatable or comma-separated, joined by a space "
                              "(default text)")
 
-    parser = argparse.ArgumentParser(prog="python -m client", description="Embed, bulk-encode, search and evaluate with the SPLADE Triton service.",
+    m3 = argparse.ArgumentParser(add_help=False)
+    group = m3.add_argument_group("BGE-M3 pipelines")
+    group.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True,
+                       help="the dense vector (default on)")
+    group.add_argument("--sparse", action=argparse.BooleanOptionalAction, default=True,
+                       help="the lexical weights (default on)")
+    group.add_argument("--colbert", action="store_true", help="also the ColBERT vectors (the <model>_colbert ensemble)")
+    group.add_argument("--input-type", choices=INPUT_TYPES, help="query or document length limit (default: the server's)")
+
+    parser = argparse.ArgumentParser(prog="python -m client", description="Embed, bulk-encode, search and evaluate with the SPLADE / BGE-M3 Triton service.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    embed = commands.add_parser("embed", parents=[common], help="print the vector of a text",
-                                description="Print the SPLADE vector of each text ('-': one text per stdin line).")
+    embed = commands.add_parser("embed", parents=[common, m3], help="print the vector of a text",
+                                description="Print the SPLADE vector (or BGE-M3 dense, lexical weights and ColBERT "
+                                            "vectors) of each text ('-': one text per stdin line).")
     embed.add_argument("texts", nargs="+", metavar="TEXT")
     embed.add_argument("--format", choices=("human", *FORMATS), default="human",
-                       help="human: top terms as words (default); native: indices/values/tokens; "
-                            "tei: TEI /embed_sparse JSON; m3: BGE-M3 lexical_weights")
+                       help="human: top terms as words (default); native: indices/values/tokens (BGE-M3: "
+                            "dense/sparse/colbert); tei: TEI /embed_sparse JSON (SPLADE only); m3: BGE-M3 "
+                            "lexical_weights (BGE-M3: FlagEmbedding's dense_vecs/lexical_weights/colbert_vecs)")
     embed.add_argument("--top-k", type=int, help="keep at most N terms (the server's top_k)")
     embed.add_argument("--min-weight", type=float, help="drop lighter terms (the server's min_weight)")
     embed.add_argument("--show", type=_positive_int, default=20, help="terms shown in the human form (default 20)")
     embed.set_defaults(handler=cmd_embed)
 
-    encode = commands.add_parser("encode", parents=[common, progress, fields], help="bulk-encode a JSONL corpus",
+    encode = commands.add_parser("encode", parents=[common, progress, fields, m3], help="bulk-encode a JSONL corpus",
                                  description="Encode every record of a JSON-lines corpus into a JSON-lines vectors "
                                              "file, one {\"id\": ..., <vector>} per line, in input order. Resumable: "
                                              "ids already in the output are skipped.")
     encode.add_argument("--input", required=True, help="corpus, one JSON object per line")
     encode.add_argument("--output", required=True, help="vectors file (appended to)")
     encode.add_argument("--format", choices=FORMATS, default="native",
-                        help="native: indices/values (default); tei: embed_sparse; m3: lexical_weights")
+                        help="native: indices/values (default; BGE-M3: dense/sparse/colbert); tei: embed_sparse; "
+                             "m3: lexical_weights (BGE-M3: dense_vecs/lexical_weights/colbert_vecs)")
     encode.add_argument("--tokens", action="store_true", help="native: also write each term's token")
     encode.add_argument("--top-k", type=int, help="keep at most N terms per text")
     encode.add_argument("--min-weight", type=float, help="drop lighter terms")
@@ -331,8 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", parents=[common, progress], help="retrieval quality on a BEIR folder",
                                    description="Encode a BEIR-format dataset (corpus.jsonl, queries.jsonl, "
-                                               "qrels/SPLIT.tsv), retrieve by sparse dot product, and report "
-                                               "nDCG@10, MRR@10 and Recall@100 (ir-measures).")
+                                               "qrels/SPLIT.tsv), retrieve by sparse dot product (BGE-M3: by "
+                                               "--score), and report nDCG@10, MRR@10 and Recall@100 (ir-measures).")
     evaluate.add_argument("--dataset", required=True, help="BEIR-format folder")
     evaluate.add_argument("--split", default="test", help="qrels split (default test)")
     evaluate.add_argument("--depth", type=_positive_int, default=100, help="documents retrieved per query")
@@ -340,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--doc-top-k", type=int, help="keep at most N terms per document")
     evaluate.add_argument("--measure", action="append", help="an ir-measures measure instead of the defaults "
                                                              "(repeatable), e.g. P@5")
+    evaluate.add_argument("--score", choices=("dense", "sparse", "colbert", "hybrid"),
+                          help="BGE-M3: rank by this score (default hybrid; SPLADE: sparse only)")
+    evaluate.add_argument("--weights", help="BGE-M3 hybrid weights dense,sparse,colbert (default 0.4,0.2,0.4)")
     evaluate.add_argument("--run", help="also write the run here (TREC format)")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.set_defaults(handler=cmd_evaluate)

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .formats import SparseVector, from_json, to_json
+from .m3 import M3Embedding
 
 __all__ = [
     "BeirDataset",
     "VectorsFile",
     "count_lines",
+    "embedding_line",
     "id_key",
     "load_beir",
     "read_jsonl",
@@ -85,6 +87,15 @@ def vector_line(id_value: Any, vector: SparseVector, fmt: str = "native") -> byt
     """One output line: ``{"id": ..., <the vector in form fmt>}`` and a newline, UTF-8."""
     return (json.dumps({"id": id_value, **to_json(vector, fmt)}, ensure_ascii=False, separators=(",", ":"))
             + "\n").encode("utf-8")
+
+
+def embedding_line(id_value: Any, embedding: M3Embedding, fmt: str = "native") -> bytes:
+    """One BGE-M3 output line: ``{"id": ..., "dense", "sparse", "colbert"}`` (native) or
+    ``{"id": ..., "dense_vecs", "lexical_weights", "colbert_vecs"}`` (m3), the parts present."""
+    if fmt not in ("native", "m3"):
+        raise ValueError(f"a BGE-M3 embedding is written as native or m3, not {fmt!r}")
+    body = embedding.to_native() if fmt == "native" else embedding.to_m3_json()
+    return (json.dumps({"id": id_value, **body}, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
 _ID_PREFIX = b'{"id":'

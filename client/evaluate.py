@@ -1,8 +1,11 @@
 """Retrieval quality on a BEIR-format dataset, measured by ir-measures.
 
-Documents and queries are encoded by the server, documents go into a
-:class:`~client.scoring.SparseIndex`, each query retrieves its top documents by
-sparse dot product, and ir-measures (pytrec_eval underneath) scores the run
+Documents and queries are encoded by the server. With a SPLADE pipeline the
+documents go into a :class:`~client.scoring.SparseIndex` and each query
+retrieves its top documents by sparse dot product. With a BGE-M3 pipeline every
+query is scored against every document (brute force, numpy) by dense, sparse
+(lexical), ColBERT or their weighted sum, with FlagEmbedding's formulas
+(:mod:`client.m3`). ir-measures (pytrec_eval underneath) scores the run
 against the qrels. No metric is computed here by hand.
 """
 
@@ -16,12 +19,18 @@ from importlib.metadata import version
 
 import ir_measures
 
-from .core import SpladeClient
+import numpy as np
+
+from .core import BgeM3Client, SpladeClient
 from .corpus import BeirDataset
 from .formats import SparseVector
+from .m3 import DEFAULT_HYBRID_WEIGHTS, MODES, M3Embedding, hybrid_scores, parse_weights
 from .scoring import SparseIndex
 
-__all__ = ["DEFAULT_MEASURES", "Evaluation", "evaluate", "measure_run", "write_trec_run"]
+__all__ = ["DEFAULT_MEASURES", "SCORES", "Evaluation", "evaluate", "measure_run", "score_weights", "write_trec_run"]
+
+# What a BGE-M3 run can rank by.
+SCORES = (*MODES, "hybrid")
 
 # Report name -> ir-measures measure. ir-measures calls MRR "RR" (the mean is the aggregate).
 DEFAULT_MEASURES = {"nDCG@10": "nDCG@10", "MRR@10": "RR@10", "Recall@100": "R@100"}
@@ -64,8 +73,8 @@ class Evaluation:
                 "metrics": self.metrics, "library": self.library, "seconds": round(self.seconds, 3)}
 
 
-def _encode(client: SpladeClient, texts: Sequence[str], progress: Callable[[int], None] | None,
-            **kwargs) -> list[SparseVector]:
+def _encode(client: SpladeClient | BgeM3Client, texts: Sequence[str],
+            progress: Callable[[int], None] | None, **kwargs) -> list:
     vectors = []
     for vector in client.iter_encode(texts, **kwargs):
         vectors.append(vector)
@@ -74,20 +83,53 @@ def _encode(client: SpladeClient, texts: Sequence[str], progress: Callable[[int]
     return vectors
 
 
-def evaluate(client: SpladeClient, dataset: BeirDataset, *, name: str = "", depth: int = 100,
+def score_weights(score: str, weights: str | Sequence[float] | None = None) -> tuple[float, float, float]:
+    """[dense, sparse, colbert] weights of a ranking: one mode alone, or ``hybrid`` with ``weights``
+    (default BGE-M3's 0.4, 0.2, 0.4)."""
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
+    if score != "hybrid":
+        if weights is not None:
+            raise ValueError(f"weights apply to the hybrid score, not to {score}")
+        return tuple(1.0 if mode == score else 0.0 for mode in MODES)  # type: ignore[return-value]
+    return parse_weights(weights) or DEFAULT_HYBRID_WEIGHTS
+
+
+def evaluate(client: SpladeClient | BgeM3Client, dataset: BeirDataset, *, name: str = "", depth: int = 100,
              query_top_k: int | None = None, doc_top_k: int | None = None,
              measures: dict[str, str] | None = None,
-             progress: Callable[[int], None] | None = None) -> Evaluation:
-    """Encode ``dataset``, retrieve ``depth`` documents per query, and measure the run."""
+             progress: Callable[[int], None] | None = None,
+             score: str = "sparse", weights: str | Sequence[float] | None = None) -> Evaluation:
+    """Encode ``dataset``, retrieve ``depth`` documents per query, and measure the run.
+
+    ``score`` / ``weights``: with a :class:`BgeM3Client`, rank by ``dense``,
+    ``sparse``, ``colbert`` or ``hybrid`` (weights [dense, sparse, colbert]); a
+    SPLADE pipeline ranks by its sparse vectors only.
+    """
     start = time.perf_counter()
     doc_ids = list(dataset.corpus)
-    doc_vectors = _encode(client, [dataset.corpus[d] for d in doc_ids], progress, top_k=doc_top_k)
-    index = SparseIndex(doc_ids, doc_vectors)
     query_ids = list(dataset.queries)
-    query_vectors = _encode(client, [dataset.queries[q] for q in query_ids], progress, top_k=query_top_k)
+    doc_texts = [dataset.corpus[d] for d in doc_ids]
+    query_texts = [dataset.queries[q] for q in query_ids]
     run: Run = {}
-    for qid, vector in zip(query_ids, query_vectors):
-        run[qid] = {hit.id: hit.score for hit in index.search(vector, depth)}
+    if isinstance(client, BgeM3Client):
+        w = score_weights(score, weights)
+        asked = dict(return_dense=w[0] > 0, return_sparse=w[1] > 0, return_colbert_vecs=w[2] > 0)
+        docs: list[M3Embedding] = _encode(client, doc_texts, progress, top_k=doc_top_k, input_type="document", **asked)
+        queries: list[M3Embedding] = _encode(client, query_texts, progress, top_k=query_top_k, input_type="query",
+                                             **asked)
+        matrix = hybrid_scores(queries, docs, w) if docs and queries else np.zeros((len(queries), len(docs)))
+        for qid, row in zip(query_ids, matrix):
+            order = np.lexsort((np.arange(row.size), -row))[:depth]  # best first, ties in corpus order
+            run[qid] = {doc_ids[i]: float(row[i]) for i in order}
+    else:
+        if score != "sparse" or weights is not None:
+            raise ValueError(f"a SPLADE pipeline ranks by sparse dot product only (score {score!r} asked)")
+        doc_vectors: list[SparseVector] = _encode(client, doc_texts, progress, top_k=doc_top_k)
+        index = SparseIndex(doc_ids, doc_vectors)
+        query_vectors: list[SparseVector] = _encode(client, query_texts, progress, top_k=query_top_k)
+        for qid, vector in zip(query_ids, query_vectors):
+            run[qid] = {hit.id: hit.score for hit in index.search(vector, depth)}
     metrics = measure_run(dataset.qrels, run, measures)
     return Evaluation(name, len(doc_ids), len(query_ids), metrics, run, time.perf_counter() - start)
 

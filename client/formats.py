@@ -198,4 +198,6 @@ def from_json(obj: Mapping[str, Any]) -> SparseVector:
         return SparseVector.from_tei(obj["embed_sparse"])
     if "lexical_weights" in obj:
         return SparseVector.from_lexical_weights(obj["lexical_weights"])
+    if isinstance(obj.get("sparse"), Mapping):  # a BGE-M3 line in native form: {"dense", "sparse", "colbert"}
+        return SparseVector.from_native(obj["sparse"])
     raise ValueError(f"no sparse vector in this object (expected one of {', '.join(sorted(_JSON_KEYS.values()))})")

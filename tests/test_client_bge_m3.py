@@ -276,3 +276,164 @@ def test_compute_score_encodes_queries_and_passages_apart(fake_server):
         single = m3.compute_score(("q", "p"), return_colbert_vecs=False)
         assert set(single) == {"dense", "sparse", "sparse+dense"} and isinstance(single["dense"], float)
         assert fake_server[-1][0] == "bge_m3"
+
+
+# --- served: a real tritonserver with the bge_m3 pipeline on the tiny fixture ----------------
+
+SERVED_TEXTS = [
+    "what is the capital of france",
+    "Paris est la capitale de la France, célèbre pour la tour Eiffel.",
+    "東京は日本の首都です", "مرحبا بالعالم", "Привет, мир", "emoji 🚀🔥 text",
+    "",
+    "the the the the cat cat sat sat sat",
+    " ".join(["retrieval", "dense", "sparse", "colbert", "vectors", "tokens"] * 20),  # past the query length
+]
+QUERY_MAX_LENGTH, DOCUMENT_MAX_LENGTH = 32, 512  # tests/conftest.py's bge_m3 pipeline
+
+
+@pytest.fixture(params=["http", "grpc"])
+def m3_url(request, bge_m3_server):
+    address = bge_m3_server.http_url if request.param == "http" else bge_m3_server.grpc_url
+    return f"{request.param}://{address}"
+
+
+def assert_equals_flagembedding(ours: dict, theirs: dict) -> None:
+    """Two FlagEmbedding encode() results: dense and colbert within 1e-5, lexical same keys within 1e-5."""
+    np.testing.assert_allclose(ours["dense_vecs"], theirs["dense_vecs"], rtol=0, atol=1e-5)
+    assert len(ours["lexical_weights"]) == len(theirs["lexical_weights"])
+    for got, want in zip(ours["lexical_weights"], theirs["lexical_weights"]):
+        assert got.keys() == want.keys()
+        assert max((abs(got[k] - float(want[k])) for k in want), default=0) <= 1e-5
+    assert len(ours["colbert_vecs"]) == len(theirs["colbert_vecs"])
+    for got, want in zip(ours["colbert_vecs"], theirs["colbert_vecs"]):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("input_type", ["query", "document"])
+def test_served_encode_equals_bgem3flagmodel(m3_url, flag_m3, input_type):
+    max_length = QUERY_MAX_LENGTH if input_type == "query" else DOCUMENT_MAX_LENGTH
+    theirs = flag_m3.encode(SERVED_TEXTS, batch_size=4, max_length=max_length,
+                            return_dense=True, return_sparse=True, return_colbert_vecs=True)
+    with BgeM3Client(m3_url, batch_size=4) as m3:  # several requests, in flight together
+        embeddings = m3.encode(SERVED_TEXTS, input_type=input_type, return_colbert_vecs=True)
+        assert_equals_flagembedding(to_flagembedding(embeddings), theirs)
+        # the same numbers whatever was asked alongside, and one text alone
+        dense_only = m3.encode(SERVED_TEXTS, input_type=input_type, return_sparse=False)
+        np.testing.assert_allclose(np.stack([e.dense for e in dense_only]), theirs["dense_vecs"], rtol=0, atol=1e-5)
+        one = m3.encode(SERVED_TEXTS[1], input_type=input_type, return_colbert_vecs=True, return_tokens=True)
+        assert_equals_flagembedding(to_flagembedding([one]), {k: v[1:2] for k, v in theirs.items()})
+        assert len(one.sparse.tokens) == len(one.sparse) and all(one.sparse.tokens)
+
+
+def test_served_compute_score_equals_bgem3flagmodel(m3_url, flag_m3):
+    pairs = [(SERVED_TEXTS[0], SERVED_TEXTS[1]), (SERVED_TEXTS[2], SERVED_TEXTS[3]),
+             (SERVED_TEXTS[7], SERVED_TEXTS[8]), (SERVED_TEXTS[5], SERVED_TEXTS[5])]
+    with BgeM3Client(m3_url) as m3:
+        for weights in (None, [0.4, 0.2, 0.4]):
+            # batch_size=1: FlagEmbedding pads a batch's passages with zero ColBERT vectors, which can
+            # win a max over negative dot products; one pair at a time it scores exactly colbert_score.
+            theirs = flag_m3.compute_score(pairs, batch_size=1, max_query_length=QUERY_MAX_LENGTH,
+                                           max_passage_length=DOCUMENT_MAX_LENGTH,
+                                           weights_for_different_modes=weights)
+            ours = m3.compute_score(pairs, weights_for_different_modes=weights)
+            assert set(ours) == set(theirs)
+            for key in theirs:
+                np.testing.assert_allclose(ours[key], theirs[key], rtol=0, atol=1e-5, err_msg=key)
+
+
+def test_served_requests_only_what_is_needed(bge_m3_server, monkeypatch):
+    seen = []
+    original = core._Transport.infer
+
+    async def spy(self, model, texts, outputs, parameters):
+        seen.append((model, tuple(outputs)))
+        result = await original(self, model, texts, outputs, parameters)
+        assert set(result) == set(outputs)
+        return result
+
+    monkeypatch.setattr(core._Transport, "infer", spy)
+    with BgeM3Client(f"grpc://{bge_m3_server.grpc_url}") as m3:
+        m3.encode(["a text"], return_sparse=False)
+        m3.encode(["a text"], return_dense=False)
+        m3.encode(["a text"], return_dense=False, return_sparse=False, return_colbert_vecs=True)
+    assert seen == [("bge_m3", ("dense",)), ("bge_m3", ("indices", "values")),
+                    ("bge_m3_colbert", ("colbert", "colbert_lengths"))]
+
+
+# --- served: the command line ------------------------------------------------------------
+
+
+def test_cli_embed_bge_m3(capsys, bge_m3_server, flag_m3):
+    from client.cli import main
+
+    url = f"grpc://{bge_m3_server.grpc_url}"
+    texts = SERVED_TEXTS[:2]
+    # the kind of pipeline is read from the model's metadata
+    assert main(["embed", "--url", url, "--model", "bge_m3", "--format", "m3", "--colbert",
+                 "--input-type", "document", *texts]) == 0
+    out = json.loads(capsys.readouterr().out)
+    theirs = flag_m3.encode(texts, max_length=DOCUMENT_MAX_LENGTH, return_dense=True, return_sparse=True,
+                            return_colbert_vecs=True)
+    assert_equals_flagembedding({"dense_vecs": np.array(out["dense_vecs"]), "lexical_weights": out["lexical_weights"],
+                                 "colbert_vecs": [np.array(c) for c in out["colbert_vecs"]]}, theirs)
+
+    assert main(["embed", "--url", url, "--model", "bge_m3", "--format", "native", "--no-dense", texts[0]]) == 0
+    native = json.loads(capsys.readouterr().out)
+    assert list(native[0]) == ["sparse"] and set(native[0]["sparse"]) == {"indices", "values", "tokens"}
+
+    assert main(["embed", "--url", url, "--model", "bge_m3", "--colbert", "--show", "3", texts[0]]) == 0
+    human = capsys.readouterr().out.splitlines()
+    assert human[0] == texts[0] and human[1].split()[0] == "dense" and human[2].split()[0] == "colbert"
+    assert human[3].strip() == "sparse" and len(human) == 8
+
+    assert main(["embed", "--url", url, "--model", "bge_m3", "--format", "tei", "x"]) == 1
+    assert "--format tei is for SPLADE pipelines" in capsys.readouterr().err
+
+
+def test_cli_encode_and_evaluate_bge_m3(capsys, tmp_path, bge_m3_server):
+    from pathlib import Path
+
+    from client.cli import main
+    from client.corpus import load_beir, read_jsonl
+    from client.evaluate import measure_run
+
+    url = f"grpc://{bge_m3_server.grpc_url}"
+    beir = Path(__file__).parent / "fixtures" / "beir_tiny"
+    out = tmp_path / "vectors.jsonl"
+    assert main(["encode", "--url", url, "--model", "bge_m3", "--input", str(beir / "corpus.jsonl"),
+                 "--output", str(out), "--id-field", "_id", "--text-field", "title,text", "--colbert",
+                 "--progress", "off"]) == 0
+    capsys.readouterr()
+    lines = [obj for _, obj in read_jsonl(out)]
+    dataset = load_beir(beir)
+    assert [line["id"] for line in lines] == list(dataset.corpus)
+    assert set(lines[0]) == {"id", "dense", "sparse", "colbert"}
+    docs = [M3Embedding.from_json(line) for line in lines]
+
+    run_file = tmp_path / "run.trec"
+    assert main(["evaluate", "--url", url, "--model", "bge_m3", "--dataset", str(beir), "--score", "hybrid",
+                 "--weights", "0.4,0.2,0.4", "--json", "--progress", "off", "--run", str(run_file)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["score"] == "hybrid" and result["weights"] == [0.4, 0.2, 0.4]
+    assert set(result["metrics"]) == {"nDCG@10", "MRR@10", "Recall@100"}
+    # the run is the brute-force hybrid ranking of the client's own vectors, measured by ir-measures
+    with BgeM3Client(url) as m3:
+        queries = m3.encode_queries(list(dataset.queries.values()), return_colbert_vecs=True)
+    matrix = hybrid_scores(queries, docs, (0.4, 0.2, 0.4))
+    run = {}
+    for qid, row in zip(dataset.queries, matrix):
+        run[qid] = {doc: float(score) for doc, score in zip(dataset.corpus, row)}
+    expected = measure_run(dataset.qrels, run)
+    for name, value in expected.items():
+        assert result["metrics"][name] == pytest.approx(value, abs=1e-6)
+    best = {line.split()[0]: line.split()[2] for line in run_file.read_text().splitlines() if line.split()[3] == "1"}
+    assert best == {qid: max(docs_, key=docs_.get) for qid, docs_ in run.items()}
+
+    for score in ("dense", "sparse", "colbert"):
+        assert main(["evaluate", "--url", url, "--model", "bge_m3", "--dataset", str(beir), "--score", score,
+                     "--json", "--progress", "off"]) == 0
+        assert json.loads(capsys.readouterr().out)["score"] == score
+    assert main(["evaluate", "--url", url, "--model", "bge_m3", "--dataset", str(beir), "--score", "dense",
+                 "--weights", "1,0,0", "--progress", "off"]) == 1
+    assert "weights apply to the hybrid score" in capsys.readouterr().err
