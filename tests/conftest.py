@@ -97,3 +97,39 @@ def reference_encode(reference_model):
         return np.stack([cache[t] for t in texts])
 
     return encode
+
+
+# --- BGE-M3 (tests/test_bge_m3.py) -----------------------------------------------------------
+
+BGE_M3_TINY = ROOT / "build" / "models" / "bge-m3-tiny"  # the fixture's export (script/setup)
+BGE_M3_TINY_SRC = ROOT / "build" / "models" / "bge-m3-tiny-src"  # the fixture in the published layout
+BGE_M3_QUERY_MAX_LENGTH = 32  # shorter than the documents' (the model's 512), so the two differ
+
+
+def bge_m3_pipeline() -> Pipeline:
+    """A `bge_m3` pipeline on the tiny fixture's export: queries up to 32 tokens,
+    documents up to the model's 512 (the template's 8192, lowered by the assembly)."""
+    return Pipeline("bge_m3", "bge_m3", BGE_M3_TINY).with_step(
+        "tokenizer", parameters={"query_max_length": BGE_M3_QUERY_MAX_LENGTH})
+
+
+@pytest.fixture(scope="session")
+def bge_m3_repository(tmp_path_factory) -> Path:
+    """The `bge_m3` pipeline alone (`bge_m3`, `bge_m3_colbert` and its steps), on the tiny fixture."""
+    if not (BGE_M3_TINY / "model.onnx").is_file():
+        pytest.fail("the BGE-M3 fixture is not exported: run script/setup")
+    return assemble(tmp_path_factory.mktemp("bge_m3_repository") / "model_repository", [bge_m3_pipeline()])
+
+
+@pytest.fixture(scope="session")
+def bge_m3_server(bge_m3_repository, tmp_path_factory):
+    with running(bge_m3_repository, tmp_path_factory.mktemp("bge_m3_triton") / "server.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def flag_m3():
+    """FlagEmbedding's own BGEM3FlagModel on the fixture's source directory (the reference)."""
+    from FlagEmbedding import BGEM3FlagModel
+
+    return BGEM3FlagModel(str(BGE_M3_TINY_SRC), use_fp16=False, devices="cpu")

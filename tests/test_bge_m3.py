@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ import pytest
 from splade_triton.artifacts.repository import Pipeline, assemble, pipeline_configs, skipped
 from splade_triton.serving.bge_m3 import lexical_weights, parse_input_type, read_export_info
 from splade_triton.serving.encoding import RaggedEncoder
+from tests import triton
+from tests.conftest import BGE_M3_QUERY_MAX_LENGTH, BGE_M3_TINY
 
 SPECIAL = (0, 1, 2, 3)  # <s> <pad> </s> <unk>
 
@@ -216,3 +219,185 @@ def test_an_optional_pipeline_without_its_export_is_skipped_with_the_reason(tmp_
     # Not optional: a missing export fails the assembly, as before.
     with pytest.raises(FileNotFoundError, match="not-yet"):
         assemble(tmp_path / "repo", [dataclasses.replace(later, optional=False)])
+
+
+# ------------------------------------------- served, against FlagEmbedding itself
+
+WORDS = "the capital of france is paris and the river runs through the old city".split()
+TEXTS = [
+    "the capital of france is paris",
+    "東京は日本の首都です",                      # CJK
+    "مرحبا بالعالم",                            # Arabic
+    "Привет мир, как дела?",                    # Cyrillic
+    "naïve café résumé à la crème brûlée",      # accents
+    "😀🎉 emoji 👍🏽 and ZWJ 👩‍👩‍👧",              # emoji
+    "",                                         # empty
+    "   ",                                      # whitespace only
+    "the the the the cat cat sat sat sat",      # repeated tokens: the max per id
+    "<mask> <unk> literal special tokens",      # <mask> is kept, <unk> dropped
+    " ".join(WORDS * 6),                        # past the query length (32), within the document's
+    " ".join(WORDS * 50),                       # past the model's 512: truncated
+]
+LENGTHS = {"query": BGE_M3_QUERY_MAX_LENGTH, "document": 512}
+ALL = ("dense", "indices", "values", "tokens", "colbert", "colbert_lengths")
+
+
+@pytest.fixture(scope="module")
+def reference(flag_m3):
+    """(text, input_type) -> FlagEmbedding's dense, lexical weights and colbert vectors."""
+    cache = {}
+
+    def get(texts, input_type):
+        missing = [t for t in dict.fromkeys(texts) if (t, input_type) not in cache]
+        if missing:
+            out = flag_m3.encode(missing, batch_size=4, max_length=LENGTHS[input_type],
+                                 return_dense=True, return_sparse=True, return_colbert_vecs=True)
+            for i, text in enumerate(missing):
+                cache[text, input_type] = (out["dense_vecs"][i], out["lexical_weights"][i], out["colbert_vecs"][i])
+        return [cache[t, input_type] for t in texts]
+
+    return get
+
+
+def infer(protocol, server, texts, model="bge_m3_colbert", outputs=ALL, parameters=None):
+    c = triton.client(protocol, server)
+    mod = triton.PROTOCOLS[protocol]
+    answer = c.infer(model, [triton.text_input(protocol, texts)],
+                     outputs=[mod.InferRequestedOutput(n) for n in outputs], parameters=parameters)
+    return {n: answer.as_numpy(n) for n in outputs}
+
+
+def assert_like_flagembedding(got, want, tokens=None):
+    """Served outputs of a request vs FlagEmbedding's, text by text."""
+    for r, (dense, lexical, colbert) in enumerate(want):
+        np.testing.assert_allclose(got["dense"][r], dense, rtol=0, atol=1e-5)
+        idx, val = got["indices"][r], got["values"][r]
+        kept = idx >= 0
+        served = {str(int(i)): float(v) for i, v in zip(idx[kept], val[kept])}
+        assert served.keys() == lexical.keys(), r
+        for key, weight in lexical.items():
+            assert abs(served[key] - float(weight)) <= 1e-5, (r, key)
+        assert (val[~kept] == 0).all() and (np.diff(val[kept]) <= 0).all()
+        if tokens is not None:
+            assert list(got["tokens"][r][kept]) == [tokens[int(i)] for i in idx[kept]]
+            assert (got["tokens"][r][~kept] == b"").all()
+        if "colbert" in got:
+            length = int(got["colbert_lengths"].reshape(-1)[r])
+            assert length == colbert.shape[0], r
+            np.testing.assert_allclose(got["colbert"][r, :length], colbert, rtol=0, atol=1e-5)
+            assert (got["colbert"][r, length:] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def vocabulary():
+    from tokenizers import Tokenizer
+
+    vocab = Tokenizer.from_file(str(BGE_M3_TINY / "tokenizer.json")).get_vocab(with_added_tokens=True)
+    return {i: term.encode() for term, i in vocab.items()}
+
+
+@pytest.fixture(params=["http", "grpc"])
+def protocol(request):
+    return request.param
+
+
+@pytest.mark.parametrize("input_type", ["document", "query", "passage"])
+def test_batched_and_alone_equal_flagembedding(protocol, bge_m3_server, reference, vocabulary, input_type):
+    kind = "document" if input_type == "passage" else input_type
+    want = reference(TEXTS, kind)
+    params = {"input_type": input_type}
+    batched = infer(protocol, bge_m3_server, TEXTS, parameters=params)
+    assert batched["colbert"].shape[:2] == (len(TEXTS), max(w[2].shape[0] for w in want))
+    assert batched["colbert_lengths"].dtype == np.int32 and batched["indices"].dtype == np.int32
+    assert_like_flagembedding(batched, want, vocabulary)
+    for text, one in zip(TEXTS, want):
+        alone = infer(protocol, bge_m3_server, [text], model="bge_m3", outputs=ALL[:4], parameters=params)
+        assert_like_flagembedding(alone, [one], vocabulary)
+
+
+def test_the_default_input_type_is_document_and_lengths_differ(protocol, bge_m3_server):
+    from tokenizers import Tokenizer
+
+    long_text = TEXTS[-2]
+    tokens = len(Tokenizer.from_file(str(BGE_M3_TINY / "tokenizer.json")).encode(long_text).ids)
+    assert BGE_M3_QUERY_MAX_LENGTH < tokens < 512
+    default = infer(protocol, bge_m3_server, [long_text])
+    query = infer(protocol, bge_m3_server, [long_text], parameters={"input_type": "query"})
+    assert int(default["colbert_lengths"].reshape(-1)[0]) == tokens - 1  # every token after <s>, </s> included
+    assert int(query["colbert_lengths"].reshape(-1)[0]) == BGE_M3_QUERY_MAX_LENGTH - 1
+    assert int(infer(protocol, bge_m3_server, [TEXTS[-1]])["colbert_lengths"].reshape(-1)[0]) == 511
+
+
+def test_only_the_asked_outputs_and_the_plain_ensemble_has_no_colbert(protocol, bge_m3_server, reference):
+    want = reference(TEXTS[:3], "document")
+    dense = infer(protocol, bge_m3_server, TEXTS[:3], model="bge_m3", outputs=("dense",))
+    np.testing.assert_allclose(dense["dense"], np.stack([w[0] for w in want]), rtol=0, atol=1e-5)
+    colbert = infer(protocol, bge_m3_server, TEXTS[:3], outputs=("colbert", "colbert_lengths"))
+    assert colbert["colbert"].shape[0] == 3
+    e = triton.error_of(lambda: infer(protocol, bge_m3_server, TEXTS[:1], model="bge_m3", outputs=("colbert",)))
+    assert "colbert" in e.message()
+
+
+def test_top_k_and_min_weight(protocol, bge_m3_server):
+    full = infer(protocol, bge_m3_server, TEXTS, model="bge_m3", outputs=("indices", "values"))
+    top = infer(protocol, bge_m3_server, TEXTS, model="bge_m3", outputs=("indices", "values"), parameters={"top_k": 3})
+    width = min(3, full["indices"].shape[1])
+    np.testing.assert_array_equal(top["indices"], full["indices"][:, :width])
+    np.testing.assert_array_equal(top["values"], full["values"][:, :width])
+    threshold = float(np.median(full["values"][full["values"] > 0]))
+    heavy = infer(protocol, bge_m3_server, TEXTS, model="bge_m3", outputs=("indices", "values"),
+                  parameters={"min_weight": threshold})
+    for r in range(len(TEXTS)):
+        kept = full["values"][r] >= threshold
+        n = int(kept.sum())
+        np.testing.assert_array_equal(heavy["indices"][r, :n], full["indices"][r][kept])
+        assert (heavy["indices"][r, n:] == -1).all()
+
+
+def test_concurrent_requests_of_mixed_lengths_and_types(protocol, bge_m3_server, reference):
+    rng = np.random.default_rng(7)
+    jobs = []
+    for k in range(32):
+        texts = [TEXTS[i] for i in rng.choice(len(TEXTS), size=int(rng.integers(1, 5)))]
+        jobs.append((texts, ["query", "document", "passage"][k % 3]))
+
+    def run(job):
+        texts, input_type = job
+        return infer(protocol, bge_m3_server, texts, parameters={"input_type": input_type})
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(run, jobs))
+    for (texts, input_type), got in zip(jobs, results):
+        assert_like_flagembedding(got, reference(texts, "document" if input_type == "passage" else input_type))
+
+
+BAD = {
+    "not utf-8": ([b"ok", b"caf\xe9 au lait"], None, "text 1 is not valid UTF-8"),
+    "too long": (["fine", "x" * 65537], None, "text 1 is 65537 bytes; the limit is 65536 bytes (max_text_bytes)"),
+    "bad top_k": (["fine"], {"top_k": -3}, "top_k must be an integer between 0 and"),
+    "fractional top_k": (["fine"], {"top_k": 2.5}, "top_k must be an integer"),
+    "bad min_weight": (["fine"], {"min_weight": float("nan")}, "min_weight must be a finite number >= 0"),
+    "bad input_type": (["fine"], {"input_type": "doc"}, "input_type must be 'query' or 'document'"),
+    "misspelt input_type": (["fine"], {"input-type": "query"}, "did you mean input_type?"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_bad_input_gets_its_own_invalid_arg_and_others_are_answered(protocol, bge_m3_server, reference, kind):
+    texts, params, message = BAD[kind]
+    good = TEXTS[:4]
+
+    def bad():
+        return triton.error_of(lambda: infer(protocol, bge_m3_server, texts, parameters=params))
+
+    with ThreadPoolExecutor(8) as pool:
+        errors = [pool.submit(bad) for _ in range(4)]
+        answers = [pool.submit(infer, protocol, bge_m3_server, good) for _ in range(4)]
+        for e in errors:
+            e = e.result()
+            assert triton.is_invalid_arg(e), e
+            assert message in e.message(), e.message()
+        for answer in answers:
+            assert_like_flagembedding(answer.result(), reference(good, "document"))
+    c = triton.client(protocol, bge_m3_server)
+    assert c.is_server_ready() and c.is_model_ready("bge_m3") and c.is_model_ready("bge_m3_colbert")
