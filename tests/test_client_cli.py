@@ -131,9 +131,11 @@ def test_encode_is_resumable_after_sigkill_and_sigint(tmp_path, grpc_url):
     corpus.write_text("".join(json.dumps({"id": f"doc-{i}", "text": f"passage {i} about topic {i % 37}"}) + "\n"
                               for i in range(n)))
     out = tmp_path / "vectors.jsonl"
-    # Small requests, one at a time: slow enough to be caught mid-run.
+    # One text per request, one request at a time: thousands of round trips, so
+    # each interruption lands mid-run even when the test process itself is
+    # descheduled for seconds on a loaded machine.
     args = [sys.executable, "-m", "client", "encode", "--url", grpc_url, "--input", str(corpus),
-            "--output", str(out), "--batch-size", "4", "--max-in-flight", "1"]
+            "--output", str(out), "--batch-size", "1", "--max-in-flight", "1"]
 
     first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_lines(out, 200, first)
