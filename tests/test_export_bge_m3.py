@@ -84,6 +84,7 @@ def test_export_validates_against_flagembedding(exported):
     for key in ("dense_max_abs_diff", "colbert_max_abs_diff", "lexical_max_abs_diff"):
         assert report[key] <= 1e-5
     assert report["lexical_key_mismatches"] == 0 and report["padding_nonzero"] == 0
+    assert report["lexical_terms"] > 50  # the comparison is not between empty dicts
 
 
 def test_graph_interface(exported):
@@ -118,11 +119,12 @@ def test_graph_interface(exported):
         assert np.abs(c[0] - colbert[i, : n - 1]).max() <= 1e-5
 
 
-def test_lexical_weights_drop_specials_and_keep_the_max():
-    ids = np.array([[0, 7, 5, 7, 3, 9, 2, 1]])
-    weights = np.array([[0.9, 0.2, 0.0, 0.5, 0.7, 0.3, 0.8, 0.0]], dtype=np.float32)
+def test_lexical_dicts_are_flagembeddings_form():
+    ids = np.array([[0, 7, 5, 7, 3, 9, 2, 1], [0, 813, 2, 1, 1, 1, 1, 1]])
+    weights = np.array([[0.9, 0.2, 0.0, 0.5, 0.7, 0.3, 0.8, 0.0], [0.4, 0.6, 0.1, 0, 0, 0, 0, 0]], dtype=np.float32)
     specials = {"cls": 0, "eos": 2, "pad": 1, "unk": 3}
-    assert bge_m3.lexical_weights(ids, weights, specials) == [{"7": pytest.approx(0.5), "9": pytest.approx(0.3)}]
+    assert bge_m3.lexical_dicts(ids, weights, specials) == [{"7": pytest.approx(0.5), "9": pytest.approx(0.3)},
+                                                           {"813": pytest.approx(0.6)}]
 
 
 def test_a_failed_validation_writes_nothing(fixture_dir, tmp_path):

@@ -38,7 +38,7 @@ from splade_triton.artifacts.reference import CheckpointError
 from splade_triton.artifacts.texts import VARIED_TEXTS
 
 __all__ = ["HEAD_FILES", "INPUTS", "OUTPUTS", "EXTERNAL_DATA_ABOVE", "VALIDATION_TEXTS", "build_fixture",
-           "export", "file_sha256", "graph_module", "is_layout", "load", "special_ids", "validate"]
+           "export", "file_sha256", "graph_module", "is_layout", "lexical_dicts", "load", "special_ids", "validate"]
 
 INPUTS = ("input_ids", "attention_mask")
 OUTPUTS = ("dense", "token_weights", "colbert")
@@ -46,8 +46,6 @@ HEAD_FILES = ("sparse_linear.pt", "colbert_linear.pt")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # protobuf refuses messages over 2 GiB; above this the initializers go to model.onnx.data.
 EXTERNAL_DATA_ABOVE = int(1.5 * 2**30)
-# FlagEmbedding drops these from the lexical weights (<mask> stays).
-DROPPED_SPECIALS = ("cls", "eos", "pad", "unk")
 
 # The fixture tokenizer's training text: our own sentences, several scripts.
 CORPUS = [
@@ -252,32 +250,29 @@ VALIDATION_TEXTS = [
 ]
 
 
-def _lexical(input_ids, token_weights, dropped) -> dict[str, float]:
-    # FlagEmbedding's _process_token_weights, per text: max weight per id, specials and zeros dropped.
-    result: dict[str, float] = {}
-    for idx, w in zip(input_ids.tolist(), token_weights.tolist()):
-        if idx not in dropped and w > 0 and w > result.get(str(idx), 0):
-            result[str(idx)] = w
-    return result
+def lexical_dicts(input_ids, token_weights, specials: dict[str, int]) -> list[dict[str, float]]:
+    """FlagEmbedding's form of the lexical weights, {str(token id): weight} per text, from the graph's
+    token_weights through the serving reduction (splade_triton.serving.bge_m3.lexical_weights)."""
+    from splade_triton.serving.bge_m3 import SPECIAL_TOKENS, lexical_weights
 
-
-def lexical_weights(input_ids, token_weights, specials: dict[str, int]) -> list[dict[str, float]]:
-    """{str(token id): weight} per text from the graph's token_weights, as FlagEmbedding returns them."""
-    dropped = {specials[k] for k in DROPPED_SPECIALS}
-    return [_lexical(ids, w, dropped) for ids, w in zip(input_ids, token_weights)]
+    batch = lexical_weights(np.asarray(input_ids), np.asarray(token_weights), [specials[k] for k in SPECIAL_TOKENS])
+    return [{str(int(i)): float(w) for i, w in zip(ids, weights)} for ids, weights in batch.rows()]
 
 
 def _onnx_outputs(session, tokenizer, texts, max_length: int, batch: int):
-    """Per text (input_ids, token_weights, colbert, dense) from the graph, run in padded batches of mixed lengths."""
+    """Per text (lexical weights, attention_mask, token_weights, colbert, dense, length) from the
+    graph, run in padded batches of mixed lengths."""
     rows = []
+    specials = special_ids(tokenizer)
     for i in range(0, len(texts), batch):
         enc = tokenizer(list(texts[i : i + batch]), padding=True, truncation=True, max_length=max_length,
                         return_tensors="np")
         feeds = {name: enc[name].astype(np.int64) for name in INPUTS}
         dense, weights, colbert = session.run(list(OUTPUTS), feeds)
+        lexical = lexical_dicts(feeds["input_ids"], weights, specials)
         for j in range(len(dense)):
             n = int(feeds["attention_mask"][j].sum())
-            rows.append((feeds["input_ids"][j], feeds["attention_mask"][j], weights[j], colbert[j], dense[j], n))
+            rows.append((lexical[j], feeds["attention_mask"][j], weights[j], colbert[j], dense[j], n))
     return rows
 
 
@@ -302,13 +297,11 @@ def validate(onnx_path: Path, model_dir: Path, tokenizer, texts, max_length: int
     reference = BGEM3FlagModel(str(model_dir), use_fp16=False, devices="cpu")
     expected = reference.encode(list(texts), batch_size=4, max_length=max_length,
                                 return_dense=True, return_sparse=True, return_colbert_vecs=True)
-    specials = special_ids(tokenizer)
-    dropped = {specials[k] for k in DROPPED_SPECIALS}
     rows = _onnx_outputs(session, tokenizer, texts, max_length, batch)
 
     dense_diff = colbert_diff = lexical_diff = 0.0
-    key_mismatches, padding_nonzero, truncated, problems = 0, 0, 0, []
-    for i, (ids, mask, weights, colbert, dense, n) in enumerate(rows):
+    key_mismatches, padding_nonzero, truncated, terms, problems = 0, 0, 0, 0, []
+    for i, (got, mask, weights, colbert, dense, n) in enumerate(rows):
         truncated += n == max_length
         dense_diff = max(dense_diff, float(np.abs(dense - expected["dense_vecs"][i]).max()))
         ref_colbert = expected["colbert_vecs"][i]
@@ -317,7 +310,8 @@ def validate(onnx_path: Path, model_dir: Path, tokenizer, texts, max_length: int
             continue
         colbert_diff = max(colbert_diff, float(np.abs(colbert[: n - 1] - ref_colbert).max(initial=0.0)))
         padding_nonzero += int(np.count_nonzero(colbert[n - 1 :])) + int(np.count_nonzero(weights[mask == 0]))
-        got, ref = _lexical(ids, weights, dropped), expected["lexical_weights"][i]
+        ref = expected["lexical_weights"][i]
+        terms += len(ref)
         if set(got) != set(ref):
             key_mismatches += 1
             problems.append(f"text {i}: lexical ids differ: only ours {sorted(set(got) - set(ref))[:5]}, "
@@ -328,7 +322,7 @@ def validate(onnx_path: Path, model_dir: Path, tokenizer, texts, max_length: int
     report = {"reference": "FlagEmbedding BGEM3FlagModel (fp32, cpu)", "texts": len(texts),
               "truncated_texts": int(truncated), "max_length": max_length, "tolerance": tolerance,
               "dense_max_abs_diff": dense_diff, "colbert_max_abs_diff": colbert_diff,
-              "lexical_max_abs_diff": lexical_diff, "lexical_key_mismatches": key_mismatches,
+              "lexical_max_abs_diff": lexical_diff, "lexical_terms": terms, "lexical_key_mismatches": key_mismatches,
               "padding_nonzero": padding_nonzero}
     print(f"validation against FlagEmbedding on {len(texts)} texts ({truncated} truncated at {max_length}): "
           f"max abs diff dense {dense_diff:.3g}, colbert {colbert_diff:.3g}, lexical {lexical_diff:.3g} "
