@@ -16,7 +16,7 @@ from splade_triton.artifacts.repository import Pipeline, assemble, pipeline_conf
 from splade_triton.serving.bge_m3 import lexical_weights, parse_input_type, read_export_info
 from splade_triton.serving.encoding import RaggedEncoder
 from tests import triton
-from tests.conftest import BGE_M3_QUERY_MAX_LENGTH, BGE_M3_TINY
+from tests.conftest import BGE_M3_QUERY_MAX_LENGTH, BGE_M3_TINY, bge_m3_pipeline
 
 SPECIAL = (0, 1, 2, 3)  # <s> <pad> </s> <unk>
 
@@ -335,7 +335,7 @@ def test_only_the_asked_outputs_and_the_plain_ensemble_has_no_colbert(protocol, 
     colbert = infer(protocol, bge_m3_server, TEXTS[:3], outputs=("colbert", "colbert_lengths"))
     assert colbert["colbert"].shape[0] == 3
     e = triton.error_of(lambda: infer(protocol, bge_m3_server, TEXTS[:1], model="bge_m3", outputs=("colbert",)))
-    assert "colbert" in e.message()
+    assert "unexpected inference output 'colbert' for model 'bge_m3'" in e.message(), e.message()
 
 
 def test_top_k_and_min_weight(protocol, bge_m3_server):
@@ -401,3 +401,23 @@ def test_bad_input_gets_its_own_invalid_arg_and_others_are_answered(protocol, bg
             assert_like_flagembedding(answer.result(), reference(good, "document"))
     c = triton.client(protocol, bge_m3_server)
     assert c.is_server_ready() and c.is_model_ready("bge_m3") and c.is_model_ready("bge_m3_colbert")
+
+
+def test_the_tokenizer_refuses_to_load_a_length_beyond_the_models(tmp_path):
+    """A hand-edited config (the assembly refuses such a spec) fails the load, naming the limit."""
+    import time
+
+    from tests.conftest import Server
+
+    repository = assemble(tmp_path / "model_repository", [bge_m3_pipeline()])
+    config = repository / "bge_m3_tokenizer" / "config.pbtxt"
+    config.write_text(config.read_text().replace('string_value: "512"', 'string_value: "1024"'))
+    log, message = tmp_path / "server.log", "is beyond what the model serves: 512 tokens"
+    server = Server(repository, log)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (log.is_file() and message in log.read_text(errors="replace")):
+            time.sleep(0.2)
+    finally:
+        server.stop()
+    assert message in log.read_text(errors="replace")
