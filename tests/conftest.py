@@ -61,10 +61,11 @@ def assemble_variant(parent: Path, **steps: dict) -> Path:
 
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory) -> Path:
-    """The default repository (pipelines/*.toml), assembled for this test session."""
+    """The default `splade` pipeline, assembled for this test session (a user's
+    own exports named in pipelines/ do not change what the tests serve)."""
     if not (default_pipeline().model / "model.onnx").is_file():
         pytest.fail("the default model is not exported: run script/setup")
-    return assemble(tmp_path_factory.mktemp("repository") / "model_repository")
+    return assemble(tmp_path_factory.mktemp("repository") / "model_repository", [default_pipeline()])
 
 
 @pytest.fixture(scope="session")
