@@ -20,7 +20,8 @@ holds ``bge_m3`` once ``build/models/bge-m3`` is exported, and assembles
 without it until then.
 
 The kind's templates (``templates/<kind>/``) hold one folder per step with its
-config.pbtxt and, for Python steps, model.py; ``templates/<kind>/kind.toml``
+config.pbtxt and, for Python steps, model.py (or takes it from
+``templates/common/<step>/``, shared by all kinds); ``templates/<kind>/kind.toml``
 says which steps are ensembles and which files of the model directory each
 step takes and which token lengths are bounded by the model's position
 embeddings (``[lengths]``: checked against the export's ``export_info.json``
@@ -63,6 +64,8 @@ __all__ = ["DEVICES", "PIPELINES", "ROOT", "TEMPLATES", "Pipeline", "assemble", 
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
+# Step files every kind shares unless it has its own (templates/<kind>/<step>/<file> wins).
+COMMON = TEMPLATES / "common"
 PIPELINES = ROOT / "pipelines"
 SERVING = ROOT / "splade_triton" / "serving"
 DEVICES = ("cpu", "gpu")
@@ -132,6 +135,12 @@ class Pipeline:
     @property
     def templates(self) -> Path:
         return TEMPLATES / self.kind
+
+    def template_file(self, step: str, name: str) -> Path:
+        """``templates/<kind>/<step>/<name>``, else the one all kinds share in
+        ``templates/common/<step>/`` (e.g. one encoder model.py for every kind)."""
+        own = self.templates / step / name
+        return own if own.is_file() else COMMON / step / name
 
     def kind_spec(self) -> dict:
         path = self.templates / "kind.toml"
@@ -293,7 +302,7 @@ def _write_pipeline(output: Path, pipeline: Pipeline, device: str, plan: Path | 
             + text_format.MessageToString(config)
         )
         if config.backend == "python" and not replaced:
-            shutil.copyfile(pipeline.templates / step / "model.py", version / "model.py")
+            shutil.copyfile(pipeline.template_file(step, "model.py"), version / "model.py")
             _copy_serving(version)
         if config.platform == "ensemble":
             (version / ".keep").write_text("")  # object stores drop empty folders
