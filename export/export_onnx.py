@@ -40,6 +40,7 @@ from pathlib import Path
 
 from splade_triton.artifacts import bge_m3, reference
 from splade_triton.artifacts.onnx_graph import ExportError, export, validate, write_exported
+from splade_triton.artifacts.repository import assemble, default_pipelines
 from splade_triton.artifacts.texts import VARIED_TEXTS
 
 __all__ = ["export", "main"]  # export: bench/run.py's unfused baseline imports it from here
@@ -59,10 +60,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--external-data", choices=("auto", "always", "never"), default="auto",
                         help="BGE-M3: weights in model.onnx.data beside model.onnx (auto: when the model is over "
                              f"{bge_m3.EXTERNAL_DATA_ABOVE / 2**30:g} GiB)")
+    parser.add_argument("--repository", type=Path, default=None,
+                        help="then assemble this model repository from pipelines/*.toml (e.g. model_repository): "
+                             "the pipelines whose spec names the output serve the new export")
     args = parser.parse_args(argv)
 
-    if bge_m3.is_layout(args.model):
-        return export_bge_m3(args)
+    output = export_bge_m3(args) if bge_m3.is_layout(args.model) else export_splade(args)
+    if args.repository is not None:
+        install(output, args.repository)
+
+
+def install(output: Path, repository: Path) -> None:
+    """Assemble ``repository`` from every pipeline spec; say which ones serve ``output``."""
+    pipelines = default_pipelines()
+    serving = [p.name for p in pipelines if p.model is not None and p.model.resolve() == Path(output).resolve()]
+    if not serving:
+        raise SystemExit(f"export_onnx: no spec in pipelines/ names {output} as its model: add one "
+                         f"(see pipelines/*.toml: kind and model) and run this again, or assemble by hand")
+    try:
+        assemble(repository, pipelines)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"export_onnx: assembling {repository}: {e}") from None
+    print(f"assembled {repository}: pipeline(s) {', '.join(serving)} serve {output} "
+          f"(restart a server running on it: script/serve)")
+
+
+def export_splade(args) -> Path:
     args.tolerance = 1e-4 if args.tolerance is None else args.tolerance
     started = time.time()
     try:
@@ -92,9 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote model.onnx, tokenizer files and export_info.json to {output}"
           + (f" (the model's vocabulary, {model_vocab}, is padded beyond the tokenizer's {tokenizer_vocab})"
              if model_vocab != tokenizer_vocab else ""))
+    return output
 
 
-def export_bge_m3(args) -> None:
+def export_bge_m3(args) -> Path:
     """Export, validate and write a BGE-M3 directory (see bge_m3 for the graph)."""
     started = time.time()
     try:
@@ -140,6 +164,7 @@ def export_bge_m3(args) -> None:
         raise SystemExit(f"export_onnx: {e}") from None
     print(f"wrote model.onnx{' + model.onnx.data' if external else ''}, tokenizer files and export_info.json "
           f"to {output} in {time.time() - started:.1f} s")
+    return output
 
 
 if __name__ == "__main__":

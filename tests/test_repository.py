@@ -145,3 +145,14 @@ def test_the_assembled_repository_serves_from_a_copy_with_only_the_locked_runtim
             for name in ("indices", "tokens"):
                 np.testing.assert_array_equal(got[name], want[name])
             np.testing.assert_allclose(got["values"], want["values"], atol=1e-6)
+
+
+def test_export_can_install_into_a_repository_through_the_pipeline_specs(tmp_path, capsys):
+    from export.export_onnx import install
+
+    install(default_pipeline().model, tmp_path / "model_repository")
+    assert "pipeline(s) splade serve" in capsys.readouterr().out
+    assert "splade_encoder" in served_names(tmp_path / "model_repository")
+    with pytest.raises(SystemExit, match="no spec in pipelines/ names"):
+        install(tmp_path / "elsewhere", tmp_path / "other")
+    assert not (tmp_path / "other").exists()
