@@ -204,6 +204,32 @@ def test_lengths_are_bounded_by_the_models_position_embeddings(tmp_path):
     assert info["special_ids"]["pad"] == 1
 
 
+def test_one_tokenizer_and_one_sparse_step_for_both_kinds(tmp_path):
+    """Both kinds serve templates/common/tokenizer/model.py; sparsify and lexical
+    are the same SparseStep around their own reduction (serving/sparse.py)."""
+    from tests.conftest import default_pipeline
+
+    output = assemble(tmp_path / "repo", [Pipeline("m3", "bge_m3", fake_export(tmp_path / "m3")), default_pipeline()])
+    tokenizers = {(output / name / "1" / "model.py").read_bytes() for name in ("m3_tokenizer", "splade_tokenizer")}
+    assert len(tokenizers) == 1
+    for name in ("m3_lexical", "splade_sparsify"):
+        assert "(SparseStep)" in (output / name / "1" / "model.py").read_text()
+    # SPLADE's tokenizer has one length (no input_type); bge_m3's two.
+    splade = pipeline_configs(default_pipeline())["tokenizer"].parameters
+    assert "max_length" in splade and "query_max_length" not in splade and "document_max_length" not in splade
+
+
+def test_lexical_rows_are_the_shared_sparse_rows():
+    from splade_triton.serving.sparse import sparse_rows
+
+    ids = np.array([[0, 7, 5, 7, 9, 2]])
+    w = np.array([[0.9, 0.5, 0.5, 0.25, 0.75, 0.9]], np.float32)
+    got = lexical_weights(ids, w, SPECIAL, top_k=2)
+    want = sparse_rows(1, np.zeros(3, np.int64), np.array([5, 7, 9]), np.array([0.5, 0.5, 0.75], np.float32), top_k=2)
+    assert got.indices.tolist() == want.indices.tolist() == [[9, 5]]
+    assert got.values.tolist() == want.values.tolist() == [[0.75, 0.5]]
+
+
 def test_an_optional_pipeline_without_its_export_is_skipped_with_the_reason(tmp_path, capsys):
     spec = tmp_path / "later.toml"
     spec.write_text(f'kind = "bge_m3"\nmodel = "{tmp_path / "not-yet"}"\noptional = true\n')

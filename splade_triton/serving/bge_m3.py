@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from splade_triton.serving.splade import SparseBatch
+from splade_triton.serving.sparse import SparseBatch, check_options, sparse_rows
 
 __all__ = ["INPUT_TYPES", "SPECIAL_TOKENS", "lexical_weights", "parse_input_type", "read_export_info"]
 
@@ -92,10 +92,7 @@ def lexical_weights(input_ids: np.ndarray, token_weights: np.ndarray, special_id
     """
     if input_ids.ndim != 2 or input_ids.shape != token_weights.shape:
         raise ValueError(f"input_ids {input_ids.shape} and token_weights {token_weights.shape} must be the same 2-D shape")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 keeps all terms), got {top_k}")
-    if not np.isfinite(min_weight) or min_weight < 0:
-        raise ValueError(f"min_weight must be a finite number >= 0, got {min_weight}")
+    check_options(top_k, min_weight)
     n = input_ids.shape[0]
     keep = token_weights > 0
     if min_weight > 0:
@@ -113,20 +110,4 @@ def lexical_weights(input_ids: np.ndarray, token_weights: np.ndarray, special_id
     first[1:] = (rows[1:] != rows[:-1]) | (ids[1:] != ids[:-1])
     rows, ids, weights = rows[first], ids[first], weights[first]
 
-    # Text-major, weight descending, ties by id ascending.
-    order = np.lexsort((ids, -weights, rows))
-    rows, ids, weights = rows[order], ids[order], weights[order]
-    counts = np.bincount(rows, minlength=n)
-    starts = np.zeros(n, dtype=np.int64)
-    np.cumsum(counts[:-1], out=starts[1:])
-    rank = np.arange(rows.size) - np.repeat(starts, counts)
-    if top_k:
-        keep = rank < top_k
-        rows, ids, weights, rank = rows[keep], ids[keep], weights[keep], rank[keep]
-        counts = np.minimum(counts, top_k)
-    width = int(counts.max()) if n else 0
-    indices = np.full((n, width), -1, dtype=np.int32)
-    values = np.zeros((n, width), dtype=np.float32)
-    indices[rows, rank] = ids
-    values[rows, rank] = weights
-    return SparseBatch(indices, values, counts)
+    return sparse_rows(n, rows, ids, weights, top_k)
