@@ -1,12 +1,16 @@
-"""Compile the fused SPLADE ONNX graph to a TensorRT plan for this GPU.
+"""Compile a pipeline's exported ONNX graph (SPLADE or BGE-M3) to a TensorRT plan for this GPU.
 
 The optimization profile comes from the pipeline's GPU settings
 (splade_triton/artifacts/shapes.py): batch 1..the encoder's max_batch_size, sequence
-1..the tokenizer's max_length, opt at a full batch of 128-token texts (why:
-engine_profile's docstring, docs/gpu.md). FP16 by default, with LayerNorm,
-softmax, the attention-mask bias and the pooling tail (max over tokens, bias)
-kept in FP32; ``--precision fp32`` for a full-FP32 engine (TF32 off unless
-``--tf32``). A timing cache beside the plan makes rebuilds fast.
+1..the tokenizer's max_length (BGE-M3: its document_max_length), opt at a full
+batch of 128-token texts (why: engine_profile's docstring, docs/gpu.md). The
+engine's inputs and outputs are the GPU encoder config's; one the graph lacks
+(BGE-M3's colbert_lengths) is added to it first (gpu_pipeline.engine_graph).
+FP16 by default, with LayerNorm, softmax and the attention-mask bias kept in
+FP32, and per kind the tail that must not round: SPLADE's pooling (max over
+tokens, bias), BGE-M3's heads (L2 norms, relu(sparse_linear)); ``--precision
+fp32`` for a full-FP32 engine (TF32 off unless ``--tf32``). A timing cache
+beside the plan makes rebuilds fast.
 
 Writes ``<output>`` and ``<output>.json``, the provenance: TensorRT version,
 GPU name and compute capability, profile, precision, the ONNX file's hash.
@@ -21,7 +25,7 @@ layers an FP16 build would keep in FP32, read from the ONNX graph.
     python -m export.build_engine                       # build/engine/model.plan
     python -m export.build_engine --precision fp32 --output build/engine-fp32/model.plan
     python -m export.build_engine --dry-run
-    python -m export.build_engine --pipeline pipelines/other.toml   # another pipeline's model and settings
+    python -m export.build_engine --pipeline pipelines/bge_m3.toml --dry-run   # another pipeline's model and settings
 """
 
 from __future__ import annotations
@@ -31,21 +35,73 @@ import datetime
 import json
 import os
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from splade_triton.artifacts.fp32_layers import DEFAULT_FP32_GROUPS, FP32_GROUPS, Layer, layers_from_onnx, select_fp32_layers
+from splade_triton.artifacts.fp32_layers import FP32_GROUPS, Fp32Selection, Layer, layers_from_onnx, select_fp32_layers
 from splade_triton.artifacts.gpu_probe import require_tensorrt
-from splade_triton.artifacts.onnx_graph import OUTPUT
 from splade_triton.artifacts.provenance import PROVENANCE_FORMAT, file_sha256, provenance_path
-from splade_triton.artifacts.gpu_pipeline import DEFAULT_SPEC, GpuPipeline
+from splade_triton.artifacts.gpu_pipeline import DEFAULT_SPEC, GpuPipeline, engine_graph
 from splade_triton.artifacts.repository import ROOT
 from splade_triton.artifacts.shapes import ENCODER_INPUTS, Shapes, engine_profile
 
 
 class BuildError(Exception):
     pass
+
+
+# Groups of this module on top of fp32_layers' (FP32_GROUPS).
+HEADS = "heads"
+GROUPS = (*FP32_GROUPS, HEADS)
+
+
+def head_layers(layers: list[Layer], network_outputs) -> list[str]:
+    """BGE-M3's heads: from each output back to the last matrix product or
+    normalization (not included), the float layers on the way.
+
+    dense is h[:, 0] / ||h[:, 0]|| after the final LayerNorm, colbert
+    colbert_linear(h[:, 1:]) masked and L2-normalised, token_weights
+    relu(sparse_linear(h)) masked: the L2 norms sum 1024 squares (beyond
+    FP16's 65504 for hidden states of magnitude ~8), so the whole tail stays
+    in FP32. Raises ValueError when an output has no such tail (an
+    unexpected graph) or a tail is implausibly long.
+    """
+    producer = {out: layer for layer in layers for out in layer.outputs}
+    order = {layer.name: i for i, layer in enumerate(layers)}
+    found: set[str] = set()
+    for output in network_outputs:
+        tail, stack, seen, stops = [], [producer[output]] if output in producer else [], set(), 0
+        while stack:
+            layer = stack.pop()
+            if layer.name in seen:
+                continue
+            seen.add(layer.name)
+            if layer.kind in ("matmul", "normalization"):
+                stops += 1
+                continue
+            if layer.kind == "constant":
+                continue
+            tail.append(layer)
+            stack.extend(producer[t] for t in layer.inputs if t in producer)
+        if len(tail) > 64:
+            raise ValueError(f"the head of output {output!r} was not found (over 64 layers): unexpected graph")
+        found.update(layer.name for layer in tail if layer.has_float_output)
+        if not stops and output != "colbert_lengths":
+            raise ValueError(f"output {output!r} does not come from a matrix product or normalization: unexpected graph")
+    return sorted(found, key=order.__getitem__)
+
+
+def select_layers(layers: list[Layer], network_outputs, groups) -> Fp32Selection:
+    """fp32_layers.select_fp32_layers, plus the ``heads`` group of this module."""
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"unknown FP32 group(s) {', '.join(sorted(unknown))}; known: {', '.join(GROUPS)}")
+    selection = select_fp32_layers(layers, network_outputs, [g for g in groups if g != HEADS])
+    if HEADS in groups:
+        selection.groups[HEADS] = head_layers(layers, network_outputs)
+    return selection
 
 
 def _layer_kinds(trt) -> dict:
@@ -115,25 +171,25 @@ def _parser_error(error) -> str:
     return str(error)
 
 
-def _check_io(network) -> None:
+def _check_io(network, expected_outputs) -> None:
     inputs = [network.get_input(i).name for i in range(network.num_inputs)]
     outputs = [network.get_output(i).name for i in range(network.num_outputs)]
-    if sorted(inputs) != sorted(ENCODER_INPUTS) or outputs != [OUTPUT]:
+    if sorted(inputs) != sorted(ENCODER_INPUTS) or sorted(outputs) != sorted(expected_outputs):
         raise BuildError(f"unexpected graph signature: inputs {inputs}, outputs {outputs}; "
-                         f"expected {list(ENCODER_INPUTS)} -> [{OUTPUT!r}] (python -m export.export_onnx)")
+                         f"expected {list(ENCODER_INPUTS)} -> {list(expected_outputs)} (python -m export.export_onnx)")
 
 
-def build(trt, args, profile, gpu) -> dict:
-    """Build, write the plan and its timing cache; return the provenance."""
+def build(trt, args, profile, gpu, gpu_pipeline: GpuPipeline, graph: Path) -> dict:
+    """Build ``graph`` (the export, or engine_graph's copy), write the plan and its timing cache; return the provenance."""
     started = time.time()
     logger = trt.Logger(trt.Logger.VERBOSE if args.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)  # explicit batch: the only mode in TensorRT 10
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(args.onnx)):
+    if not parser.parse_from_file(str(graph)):
         errors = "; ".join(_parser_error(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BuildError(f"TensorRT could not parse {args.onnx}: {errors}")
-    _check_io(network)
+        raise BuildError(f"TensorRT could not parse {graph}: {errors}")
+    _check_io(network, gpu_pipeline.outputs)
 
     config = builder.create_builder_config()
     if args.workspace_gib:
@@ -155,7 +211,7 @@ def build(trt, args, profile, gpu) -> dict:
         # Obey, not prefer: a layer we pin to FP32 never silently runs in FP16.
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         layers, outputs, index = network_layers(trt, network)
-        selection = select_fp32_layers(layers, outputs, groups)
+        selection = select_layers(layers, outputs, groups)
         pin_fp32(trt, network, selection, index)
         print(f"FP32 layers in the FP16 engine: {json.dumps(selection.summary())}")
 
@@ -185,9 +241,10 @@ def build(trt, args, profile, gpu) -> dict:
         if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
             shapes = engine.get_tensor_profile_shape(name, 0)
             engine_profiles[name] = {k: list(s) for k, s in zip(("min", "opt", "max"), shapes)}
-    # Triton's config declares INT64 inputs and an FP32 output (as on CPU).
-    if io != {"input_ids": "INT64", "attention_mask": "INT64", OUTPUT: "FLOAT"}:
-        raise BuildError(f"engine I/O types {io} differ from the encoder config's INT64 inputs and FP32 output")
+    # The types Triton's GPU encoder config declares (the CPU encoder's).
+    declared = {**gpu_pipeline.inputs, **gpu_pipeline.outputs}
+    if io != declared:
+        raise BuildError(f"engine I/O types {io} differ from the encoder config's {declared}")
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     partial = args.output.with_suffix(".partial")
@@ -223,13 +280,15 @@ def build(trt, args, profile, gpu) -> dict:
     }
 
 
-def dry_run(args, shapes: Shapes, profile) -> None:
+def dry_run(args, shapes: Shapes, profile, gpu_pipeline: GpuPipeline, graph: Path) -> None:
     import onnx
 
-    layers, outputs = layers_from_onnx(onnx.load(str(args.onnx), load_external_data=False))
+    layers, outputs = layers_from_onnx(onnx.load(str(graph), load_external_data=False))
     groups = [g for g in args.fp32.split(",") if g]
-    selection = select_fp32_layers(layers, outputs, groups) if args.precision == "fp16" else None
+    selection = select_layers(layers, outputs, groups) if args.precision == "fp16" else None
     print(json.dumps({
+        "pipeline": {"name": gpu_pipeline.pipeline.name, "kind": gpu_pipeline.pipeline.kind},
+        "engine_outputs": gpu_pipeline.outputs,
         "settings": asdict(shapes),
         "tokenizer_buckets": shapes.buckets(),
         "profile": profile.as_dict(),
@@ -247,8 +306,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--onnx", type=Path, default=None, help="default: <the pipeline's model directory>/model.onnx")
     parser.add_argument("--output", type=Path, default=ROOT / "build" / "engine" / "model.plan")
     parser.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
-    parser.add_argument("--fp32", default=",".join(DEFAULT_FP32_GROUPS),
-                        help=f"layer groups an FP16 engine keeps in FP32, comma-separated, from {', '.join(FP32_GROUPS)}; '' for none")
+    parser.add_argument("--fp32", default=None,
+                        help=f"layer groups an FP16 engine keeps in FP32, comma-separated, from {', '.join(GROUPS)}; "
+                             "'' for none (default: the kind's, gpu_pipeline.DEFAULT_FP32)")
     parser.add_argument("--opt-batch", type=int, default=None, help="profile opt batch (default: max_batch_size)")
     parser.add_argument("--opt-seq", type=int, default=None, help="profile opt sequence length (default: 128)")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 in FP32 layers (faster, 10-bit mantissa products)")
@@ -263,13 +323,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         gpu_pipeline = GpuPipeline.load(args.pipeline, args.onnx)
         args.onnx, shapes = gpu_pipeline.onnx, gpu_pipeline.shapes
+        if args.fp32 is None:
+            args.fp32 = ",".join(gpu_pipeline.fp32_groups)
         profile = engine_profile(shapes, args.opt_batch, args.opt_seq)
         if not args.onnx.is_file():
             raise BuildError(f"ONNX model not found: {args.onnx} (export it with python -m export.export_onnx)")
-        if args.dry_run:
-            dry_run(args, shapes, profile)
-            return
-        provenance = build(trt, args, profile, gpu)
+        with tempfile.TemporaryDirectory(prefix="engine-graph-") as scratch:
+            graph = engine_graph(args.onnx, gpu_pipeline.outputs, Path(scratch))
+            if args.dry_run:
+                dry_run(args, shapes, profile, gpu_pipeline, graph)
+                return
+            provenance = build(trt, args, profile, gpu, gpu_pipeline, graph)
     except (BuildError, ValueError) as e:
         raise SystemExit(f"build_engine: {e}") from None
     provenance["settings"] = asdict(shapes)

@@ -593,3 +593,194 @@ def test_cuda_fp16_numerics_of_the_exported_graph(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     numerics = json.loads(out.read_text())["numerics"]
     assert numerics["torch-fp16-engine-like"]["topk_recall"] >= 0.99
+
+
+# --- the bge_m3 pipeline's GPU variant ---------------------------------------------------
+
+from splade_triton.artifacts.gpu_pipeline import DEFAULT_FP32, add_derived_outputs, engine_graph  # noqa: E402
+from splade_triton.artifacts.repository import Pipeline  # noqa: E402
+from tests.conftest import BGE_M3_TINY, bge_m3_pipeline  # noqa: E402
+
+M3_STEPS = ("tokenizer", "encoder", "lexical", "ensemble", "colbert")
+
+
+def m3_export_or_skip():
+    if not (BGE_M3_TINY / "model.onnx").is_file():
+        pytest.skip(f"{BGE_M3_TINY} is missing: run script/setup")
+
+
+def m3_spec(tmp_path, model=BGE_M3_TINY) -> Path:
+    spec = tmp_path / "bge_m3.toml"
+    spec.write_text(f'kind = "bge_m3"\nmodel = "{model}"\n')
+    return spec
+
+
+def test_bge_m3_cpu_and_gpu_encoders_declare_identical_inputs_outputs_and_dtypes():
+    cpu, gpu = configs("cpu", bge_m3_pipeline())["encoder"], configs("gpu", bge_m3_pipeline())["encoder"]
+    assert io_signature(gpu) == io_signature(cpu)
+    assert [o.name for o in gpu.output] == ["dense", "token_weights", "colbert", "colbert_lengths"]
+    assert [o.data_type for o in gpu.output] == [mc.TYPE_FP32, mc.TYPE_FP32, mc.TYPE_FP32, mc.TYPE_INT32]
+    assert gpu.platform == "tensorrt_plan" and not gpu.backend and gpu.name == cpu.name == "bge_m3_encoder"
+    assert all(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in gpu.instance_group)
+    assert not any(i.allow_ragged_batch for i in gpu.input)
+    assert gpu.dynamic_batching.default_queue_policy == cpu.dynamic_batching.default_queue_policy
+
+
+def test_bge_m3_gpu_repository_shares_everything_but_the_encoder(tmp_path):
+    m3_export_or_skip()
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"not a real plan")
+    cpu = assemble(tmp_path / "cpu", [bge_m3_pipeline()])
+    gpu = assemble(tmp_path / "gpu", [bge_m3_pipeline()], device="gpu", plans={"bge_m3": plan})
+    names = sorted(bge_m3_pipeline().model_name(step) for step in M3_STEPS)
+    assert sorted(p.name for p in gpu.iterdir()) == names
+    assert (gpu / "bge_m3_encoder" / "1" / "model.plan").read_bytes() == b"not a real plan"
+    assert not (gpu / "bge_m3_encoder" / "1" / "model.py").exists()
+    for model in ("bge_m3_tokenizer", "bge_m3_lexical"):
+        assert (gpu / model / "1" / "model.py").read_bytes() == (cpu / model / "1" / "model.py").read_bytes()
+    for ensemble in ("bge_m3", "bge_m3_colbert"):
+        assert read_config(gpu / ensemble / "config.pbtxt") == read_config(cpu / ensemble / "config.pbtxt")
+    tokenizer = read_config(gpu / "bge_m3_tokenizer" / "config.pbtxt")
+    assert (tokenizer.parameters["padding"].string_value, tokenizer.parameters["pad_to_multiple_of"].string_value) == ("batch", "32")
+    cpu_tokenizer = read_config(cpu / "bge_m3_tokenizer" / "config.pbtxt")
+    assert cpu_tokenizer.parameters["pad_to_multiple_of"].string_value == "1" and "padding" not in cpu_tokenizer.parameters
+    for key in ("query_max_length", "document_max_length", "max_text_bytes", "max_request_bytes"):
+        assert tokenizer.parameters[key] == cpu_tokenizer.parameters[key]
+    lexical = read_config(gpu / "bge_m3_lexical" / "config.pbtxt")
+    assert lexical.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "yes"
+
+
+def test_bge_m3_profile_reaches_the_document_length(tmp_path):
+    """Batch up to the encoder's max_batch_size, sequence up to document_max_length
+    (the template's 8192 where the export serves it), every 32-token bucket covered."""
+    from tests.test_bge_m3 import fake_export
+
+    pipeline = Pipeline("m3", "bge_m3", fake_export(tmp_path / "m3", max_length=8192))
+    shapes = Shapes.from_configs(configs("gpu", pipeline))
+    profile = engine_profile(shapes)
+    assert shapes.max_length == 8192 and shapes.padding == "batch"
+    assert profile.max == (64, 8192) and profile.min == (1, 1)
+    assert shapes.buckets() == list(range(32, 8193, 32))
+    assert all(profile.covers(64, seq) for seq in shapes.buckets())
+    # The query length alone never decides it; a shorter document length does.
+    shorter = pipeline.with_step("tokenizer", parameters={"document_max_length": 2048})
+    assert engine_profile(Shapes.from_configs(configs("gpu", shorter))).max == (64, 2048)
+    # Read back from an assembled repository, and by the GPU tools, the same.
+    out = assemble(tmp_path / "gpu", [pipeline], device="gpu")
+    assert Shapes.from_repository(out, "m3") == shapes
+    assert GpuPipeline.load(pipeline=pipeline).shapes == shapes
+    with pytest.raises(ValueError, match="does not divide max_length"):
+        engine_profile(Shapes.from_configs(configs("gpu", pipeline.with_step("tokenizer", parameters={"pad_to_multiple_of": 48}))))
+
+
+def test_the_gpu_tools_read_the_encoder_configs_outputs_and_fp32_groups():
+    m3, splade = GpuPipeline.load(pipeline=bge_m3_pipeline()), GpuPipeline.load()
+    assert m3.outputs == {"dense": "FLOAT", "token_weights": "FLOAT", "colbert": "FLOAT", "colbert_lengths": "INT32"}
+    assert m3.inputs == splade.inputs == {"input_ids": "INT64", "attention_mask": "INT64"}
+    assert splade.outputs == {"pooled_logits": "FLOAT"}
+    assert splade.fp32_groups == DEFAULT_FP32_GROUPS == DEFAULT_FP32["splade"]
+    assert m3.fp32_groups == DEFAULT_FP32["bge_m3"] and "heads" in m3.fp32_groups and "pooling" not in m3.fp32_groups
+
+
+def test_the_engine_graph_adds_colbert_lengths_as_the_cpu_encoder_computes_them(tmp_path):
+    """The graph TensorRT compiles, run here in ONNX Runtime: the export's outputs
+    unchanged, plus colbert_lengths int32 [N, 1] = max(real tokens - 1, 0)."""
+    m3_export_or_skip()
+    import onnxruntime as ort
+
+    outputs = GpuPipeline.load(pipeline=bge_m3_pipeline()).outputs
+    graph = engine_graph(BGE_M3_TINY / "model.onnx", outputs, tmp_path / "engine-graph")
+    assert graph == tmp_path / "engine-graph" / "model.onnx"
+    assert engine_graph(ONNX, {"pooled_logits": "FLOAT"}, tmp_path / "unused") == ONNX  # nothing to add
+    original = ort.InferenceSession(str(BGE_M3_TINY / "model.onnx"), providers=["CPUExecutionProvider"])
+    augmented = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    assert [o.name for o in augmented.get_outputs()] == ["dense", "token_weights", "colbert", "colbert_lengths"]
+    tokenizer = load_tokenizer(BGE_M3_TINY / "tokenizer.json", 512)
+    from splade_triton.serving.tokens import pad_ids
+
+    ids, mask = pad_ids(tokenizer.encode_batch(["", "short", VARIED_TEXTS[3], VARIED_TEXTS[5] * 3]))
+    feed = {"input_ids": ids, "attention_mask": mask}
+    got = dict(zip([o.name for o in augmented.get_outputs()], augmented.run(None, feed)))
+    for name, want in zip(("dense", "token_weights", "colbert"), original.run(None, feed)):
+        np.testing.assert_array_equal(got[name], want)
+    assert got["colbert_lengths"].dtype == np.int32
+    assert got["colbert_lengths"].tolist() == np.maximum(mask.sum(axis=1) - 1, 0).reshape(-1, 1).tolist()
+
+
+def test_the_engine_graph_links_external_data(tmp_path):
+    """A graph past protobuf's 2 GB keeps its weights in model.onnx.data: the
+    engine graph beside a link to it, never a copy of gigabytes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    source = tmp_path / "export"
+    source.mkdir()
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2, 2], np.array([1, 2, 3, 4], np.float32).tobytes(), raw=True)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["input_ids"], ["x"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["x", "w"], ["dense"])],
+        "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", 2]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", 2])],
+        [helper.make_tensor_value_info("dense", TensorProto.FLOAT, ["batch", 2])], [weight])
+    onnx.save(helper.make_model(graph), str(source / "model.onnx"), save_as_external_data=True,
+              location="model.onnx.data", size_threshold=0)
+    out = engine_graph(source / "model.onnx", ["dense", "colbert_lengths"], tmp_path / "engine")
+    linked = tmp_path / "engine" / "model.onnx.data"
+    assert linked.is_file() and linked.read_bytes() == (source / "model.onnx.data").read_bytes()
+    assert os.path.samefile(linked, source / "model.onnx.data") or linked.is_symlink()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    dense, lengths = session.run(None, {"input_ids": np.array([[1, 1]]), "attention_mask": np.array([[1, 0]])})
+    assert dense.tolist() == [[4.0, 6.0]] and lengths.tolist() == [[0]]
+    with pytest.raises(ValueError, match="declares output"):
+        add_derived_outputs(onnx.load(str(source / "model.onnx"), load_external_data=False), ["dense", "sparse"])
+
+
+def test_bge_m3_dry_run_prints_the_fp32_layers_of_its_graph(tmp_path):
+    m3_export_or_skip()
+    import onnx
+
+    result = run_tool("-m", "export.build_engine", "--pipeline", m3_spec(tmp_path), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["pipeline"]["kind"] == "bge_m3"
+    assert plan["engine_outputs"] == {"dense": "FLOAT", "token_weights": "FLOAT", "colbert": "FLOAT", "colbert_lengths": "INT32"}
+    assert plan["profile"]["max"] == [64, 512] and plan["tokenizer_buckets"][-1] == 512  # the tiny export's 514 positions
+    assert set(plan["fp32_layers"]) == set(DEFAULT_FP32["bge_m3"])
+    model = onnx.load(str(BGE_M3_TINY / "model.onnx"))
+    ops = {n.name: n.op_type for n in model.graph.node}
+    assert len(plan["fp32_layers"]["normalization"]) == list(ops.values()).count("LayerNormalization")
+    assert len(plan["fp32_layers"]["softmax"]) == list(ops.values()).count("Softmax")
+    heads = [ops.get(n) for n in plan["fp32_layers"]["heads"]]
+    # Both L2 norms (dense, colbert), the sparse head's relu, and no matrix product or LayerNorm.
+    assert heads.count("ReduceL2") == 2 and "Relu" in heads
+    assert not {"MatMul", "Gemm", "LayerNormalization"} & set(heads)
+
+
+@pytest.mark.skipif(has_tensorrt(), reason="TensorRT is installed here")
+def test_without_tensorrt_a_bge_m3_build_exits_with_one_line(tmp_path):
+    m3_export_or_skip()
+    result = run_tool("-m", "export.build_engine", "--pipeline", m3_spec(tmp_path))
+    assert result.returncode == EXIT_UNAVAILABLE, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "TensorRT is not installed" in line and result.stdout == ""
+
+
+def test_start_up_serves_a_matching_bge_m3_plan_without_building(tmp_path, fake_server):
+    gpu_startup, found = fake_server
+    m3_export_or_skip()
+    from splade_triton.artifacts.provenance import file_sha256, provenance_path
+
+    spec = m3_spec(tmp_path)
+    settings = GpuPipeline.load(spec)
+    plan = plan_folder(tmp_path / "engines", found) / "model.plan"
+    plan.parent.mkdir(parents=True)
+    plan.write_bytes(b"a plan")
+    profile = engine_profile(settings.shapes).as_dict()
+    provenance = {"format": 1, "tensorrt_version": "10.8.0.43", "gpu": found["gpu"],
+                  **expected_provenance(file_sha256(settings.onnx), profile, "fp16", DEFAULT_FP32["bge_m3"])}
+    provenance_path(plan).write_text(json.dumps(provenance))
+    out = tmp_path / "repository"
+    assert prepare(gpu_startup, "--pipeline", spec, "--engines", tmp_path / "engines", "--output", out, "--build", "never") == 0
+    assert (out / "bge_m3_encoder" / "1" / "model.plan").read_bytes() == b"a plan"
+    assert read_config(out / "bge_m3_encoder" / "config.pbtxt").platform == "tensorrt_plan"

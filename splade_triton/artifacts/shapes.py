@@ -2,7 +2,8 @@
 
 A TensorRT engine accepts only the input shapes of its optimization profile,
 so the profile is derived here from the same config.pbtxt settings that decide
-which shapes reach the encoder: the tokenizer's ``max_length`` and
+which shapes reach the encoder: the tokenizer's ``max_length`` (or its longest
+``query_max_length`` / ``document_max_length``, BGE-M3) and
 ``pad_to_multiple_of`` (its length buckets) and the models' ``max_batch_size``.
 Changing a setting changes the profile of the next engine build; nothing is
 written twice.
@@ -23,6 +24,7 @@ __all__ = [
     "engine_profile",
     "parse_config",
     "read_config",
+    "tokenizer_max_length",
 ]
 
 ENCODER_INPUTS = ("input_ids", "attention_mask")
@@ -60,6 +62,18 @@ def _positive_int(config: model_config_pb2.ModelConfig, key: str, default: str) 
     return value
 
 
+# A tokenizer with a length per input_type (BGE-M3) sets these; the longest is
+# what reaches the encoder. Each defaults to max_length (templates/common/tokenizer).
+TYPED_LENGTHS = ("query_max_length", "document_max_length")
+
+
+def tokenizer_max_length(tokenizer: model_config_pb2.ModelConfig) -> int:
+    """The longest text the tokenizer emits, in tokens: ``max_length`` (default
+    512), or the longest of ``query_max_length`` / ``document_max_length``."""
+    default = _positive_int(tokenizer, "max_length", "512")
+    return max(_positive_int(tokenizer, name, str(default)) for name in TYPED_LENGTHS)
+
+
 @dataclass(frozen=True)
 class Shapes:
     """What reaches the encoder, from the tokenizer, encoder and ensemble configs."""
@@ -78,7 +92,7 @@ class Shapes:
         return cls(
             encoder_max_batch_size=encoder.max_batch_size,
             request_max_batch_size=configs["ensemble"].max_batch_size,
-            max_length=_positive_int(tokenizer, "max_length", "512"),
+            max_length=tokenizer_max_length(tokenizer),
             pad_to_multiple_of=_positive_int(tokenizer, "pad_to_multiple_of", "1"),
             padding=_parameter(tokenizer, "padding", "request"),
         )
