@@ -163,3 +163,18 @@ def test_served_splade_with_openvino_fp32_equals_onnxruntime_over_grpc(tmp_path)
     assert ort.shape == ov.shape == (len(texts), 30522)
     assert np.abs(ort - ov).max() <= 1e-4
     assert ((ort > 0) == (ov > 0)).all()
+
+
+def test_a_precision_that_failed_its_recorded_fidelity_gate_is_refused_unless_warn(tmp_path):
+    from splade_triton.serving.runtime import check_fidelity
+
+    info = tmp_path / "export_info.json"
+    info.write_text('{"precisions": {"openvino_bf16": {"gate": "fail", "failures": ["worst text 0.94 < 0.95"]},'
+                    ' "openvino_int8": {"gate": "pass", "failures": []}}}')
+    assert check_fidelity(str(info), "openvino", "fp32") is None
+    assert check_fidelity(str(info), "openvino", "int8") is None
+    with pytest.raises(ValueError, match=r"failed its fidelity gate .*worst text 0.94 < 0.95"):
+        check_fidelity(str(info), "openvino", "bf16")
+    assert "failed its fidelity gate" in check_fidelity(str(info), "openvino", "bf16", enforce=False)
+    # Nothing recorded (export.quantize not run): served, with a warning saying how to record it.
+    assert "python -m export.quantize" in check_fidelity(str(tmp_path / "absent.json"), "openvino", "bf16")

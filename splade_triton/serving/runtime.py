@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = [
     "RUNTIMES", "PRECISIONS", "ISA_FLAGS", "cpu_flags", "check_precision", "open_session", "OpenVINOSession",
-    "model_file",
+    "model_file", "check_fidelity",
 ]
 
 RUNTIMES = ("onnxruntime", "openvino")
@@ -76,6 +76,34 @@ def check_precision(runtime: str, precision: str, flags: frozenset[str] | set[st
 def model_file(folder: str, onnx_file: str, precision: str) -> str:
     """The graph file a precision runs: the exported ONNX, or the quantized IR for int8."""
     return os.path.join(folder, INT8_FILE if precision == "int8" else onnx_file)
+
+
+def check_fidelity(export_info_path: str, runtime: str, precision: str, enforce: bool = True) -> str | None:
+    """Refuse a lower precision whose fidelity gate (python -m export.quantize, recorded in
+    export_info.json ``precisions``) failed; returns a warning when none is recorded.
+
+    fp32 needs no gate. ``enforce=False`` turns a failed gate into a warning (benchmarks).
+    """
+    if precision == "fp32":
+        return None
+    import json
+
+    key = f"{runtime}_{precision}"
+    try:
+        with open(export_info_path, encoding="utf-8") as f:
+            recorded = json.load(f).get("precisions", {}).get(key)
+    except (OSError, ValueError):
+        recorded = None
+    if not isinstance(recorded, dict) or recorded.get("gate") not in ("pass", "fail"):
+        return (f"precision {precision}: no fidelity gate recorded for {key} in {export_info_path} "
+                f"(run python -m export.quantize on the exported model)")
+    if recorded["gate"] == "pass":
+        return None
+    message = (f"precision {precision} failed its fidelity gate against fp32 ({'; '.join(recorded.get('failures', []))}; "
+               f"recorded in {export_info_path})")
+    if enforce:
+        raise ValueError(message + "; serve fp32, or set fidelity_gate to warn")
+    return message
 
 
 class _Port:

@@ -19,7 +19,7 @@ import triton_python_backend_utils as pb_utils
 
 from splade_triton.serving.encoding import RaggedEncoder
 from splade_triton.serving.params import Param, read_model_parameters
-from splade_triton.serving.runtime import PRECISIONS, RUNTIMES, model_file, open_session
+from splade_triton.serving.runtime import PRECISIONS, RUNTIMES, check_fidelity, model_file, open_session
 
 _LEVELS = ("disable", "basic", "extended", "all")
 
@@ -27,6 +27,8 @@ PARAMETERS = {
     "onnx_file": Param(str, "model.onnx"),
     "runtime": Param(str, "onnxruntime", lambda v: v in RUNTIMES, " | ".join(RUNTIMES)),
     "precision": Param(str, "fp32", lambda v: v in PRECISIONS, " | ".join(PRECISIONS)),
+    # enforce: a bf16 / int8 whose recorded fidelity gate failed is refused at load; warn: served, logged.
+    "fidelity_gate": Param(str, "enforce", lambda v: v in ("enforce", "warn"), "enforce | warn"),
     "max_batch_tokens": Param(int, 8192, lambda v: v >= 1, "an integer >= 1"),
     "intra_op_threads": Param(int, 0, lambda v: v >= 0, "an integer >= 0"),
     "allow_spinning": Param(bool, False),
@@ -45,6 +47,10 @@ class TritonPythonModel:
         self.settings = s = read_model_parameters(config, PARAMETERS)
         folder = os.path.join(args["model_repository"], args["model_version"])
         path = model_file(folder, s["onnx_file"], s["precision"])
+        warning = check_fidelity(os.path.join(folder, "export_info.json"), s["runtime"], s["precision"],
+                                 s["fidelity_gate"] == "enforce")
+        if warning:
+            pb_utils.Logger.log_warn(f"{args['model_name']}: {warning}")
         self.session = open_session(path, s["runtime"], s["precision"], s["intra_op_threads"],
                                     s["allow_spinning"], s["graph_optimization_level"])
         names = {i.name for i in self.session.get_inputs()}
