@@ -784,3 +784,45 @@ def test_start_up_serves_a_matching_bge_m3_plan_without_building(tmp_path, fake_
     assert prepare(gpu_startup, "--pipeline", spec, "--engines", tmp_path / "engines", "--output", out, "--build", "never") == 0
     assert (out / "bge_m3_encoder" / "1" / "model.plan").read_bytes() == b"a plan"
     assert read_config(out / "bge_m3_encoder" / "config.pbtxt").platform == "tensorrt_plan"
+
+
+def test_bge_m3_gpu_tokenizer_and_lexical_configs_serve_the_cpu_outputs(tmp_path, bge_m3_server, bge_m3_repository):
+    """The bge_m3 GPU repository with the CPU encoder in the engine's place: the
+    tokenizer's 32-token buckets and the host-side lexical step serve what the
+    CPU pipeline serves (dense, lexical weights, ColBERT rows), whatever the
+    requests' lengths and input_type."""
+    m3_export_or_skip()
+    from tests import triton
+
+    gpu = assemble(tmp_path / "repository", [bge_m3_pipeline()], device="gpu")
+    shutil.rmtree(gpu / "bge_m3_encoder")
+    shutil.copytree(bge_m3_repository / "bge_m3_encoder", gpu / "bge_m3_encoder", ignore=shutil.ignore_patterns("__pycache__"))
+    outputs = ("dense", "indices", "values", "colbert", "colbert_lengths")
+
+    def infer(server, texts, input_type):
+        c = triton.client("grpc", server)
+        mod = triton.PROTOCOLS["grpc"]
+        answer = c.infer("bge_m3_colbert", [triton.text_input("grpc", texts)], outputs=[mod.InferRequestedOutput(n) for n in outputs],
+                         parameters={"input_type": input_type})
+        return {n: answer.as_numpy(n) for n in outputs}
+
+    jobs = [([t], kind) for t in VARIED_TEXTS[:12] for kind in ("query", "document")] + [(VARIED_TEXTS[:5], "document")]
+    server = Server(gpu, tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        served = triton.client("grpc", server).get_model_config("bge_m3_tokenizer").config.parameters
+        assert (served["padding"].string_value, served["pad_to_multiple_of"].string_value) == ("batch", "32")
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda job: infer(server, *job), jobs))
+    finally:
+        server.stop()
+    for (texts, kind), answer in zip(jobs, got):
+        want = infer(bge_m3_server, texts, kind)
+        np.testing.assert_allclose(answer["dense"], want["dense"], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(answer["indices"], want["indices"])
+        np.testing.assert_allclose(answer["values"], want["values"], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(answer["colbert_lengths"], want["colbert_lengths"])
+        assert answer["colbert"].shape[1] % 32 == 31 or answer["colbert"].shape[1] == want["colbert"].shape[1]
+        for r, (n,) in enumerate(want["colbert_lengths"]):
+            np.testing.assert_allclose(answer["colbert"][r, :n], want["colbert"][r, :n], rtol=0, atol=1e-5)
+            assert not answer["colbert"][r, n:].any()
