@@ -6,7 +6,7 @@
 
 Each model encodes the corpus and the queries in this process (sentence-transformers'
 SparseEncoder over the masked-LM directory: the served vectors, within the export's
-1e-4), documents go into :class:`client.scoring.SparseIndex`, and the run is scored by
+1e-4), documents and queries are scored by sparse dot product (:func:`client.scoring.score_matrix`), and the run is scored by
 :func:`client.evaluate.measure_run` (ir-measures: nDCG@10, MRR@10, Recall@100), the
 functions ``python -m client evaluate`` uses on a server. Also reported: the average
 number of active (non-zero) terms of queries and documents, and the index size
@@ -37,7 +37,7 @@ import numpy as np
 from client.corpus import BeirDataset, load_beir
 from client.evaluate import DEFAULT_MEASURES, measure_run
 from client.formats import SparseVector
-from client.scoring import SparseIndex
+from client.scoring import score_matrix
 
 from .data import Example, read_examples
 
@@ -121,10 +121,17 @@ def prune(vectors: Sequence[SparseVector], top_k: int = 0, min_weight: float = 0
 
 
 def score(dataset: BeirDataset, encoded: Encoded, depth: int = 100) -> dict:
-    """Metrics of a sparse run, active terms and index size."""
-    index = SparseIndex(encoded.doc_ids, encoded.docs)
-    run = {qid: {hit.id: hit.score for hit in index.search(vector, depth)}
-           for qid, vector in zip(encoded.query_ids, encoded.queries)}
+    """Metrics of a sparse run, active terms and index size.
+
+    Scores are the sparse dot products (client.scoring.score_matrix), the ``depth`` best
+    documents with a positive score per query, ties in corpus order, as SparseIndex.search ranks.
+    """
+    run = {}
+    if encoded.docs and encoded.queries:
+        matrix = score_matrix(encoded.queries, encoded.docs)
+        for qid, row in zip(encoded.query_ids, matrix):
+            order = np.lexsort((np.arange(row.size), -row))[:depth]
+            run[qid] = {encoded.doc_ids[i]: float(row[i]) for i in order if row[i] > 0}
     postings = int(sum(len(v) for v in encoded.docs))
     return {**measure_run(dataset.qrels, run, DEFAULT_MEASURES),
             "query_terms": float(np.mean([len(v) for v in encoded.queries])) if encoded.queries else 0.0,
