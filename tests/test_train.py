@@ -227,3 +227,54 @@ def test_evaluation_and_pruning_sweep_on_the_tiny_fixture(tmp_path):
     assert parameters["top_k"].string_value == str(pick["top_k"])
     assert float(parameters["min_weight"].string_value) == 0.5
     assert spec.read_text().count("[sparsify.parameters]") == 1
+
+
+BGE_M3_SRC = ROOT / "build" / "models" / "bge-m3-tiny-src"  # script/setup's tiny random BGE-M3
+
+
+@pytest.fixture(scope="module")
+def m3_data(tmp_path_factory):
+    from train.__main__ import read_corpus
+    from train.bm25 import mine_negatives
+
+    if not (BGE_M3_SRC / "sparse_linear.pt").is_file():
+        pytest.fail("the BGE-M3 fixture is not built: run script/setup")
+    return mine_negatives(read_examples(TRAIN), read_corpus(FIXTURE / "heldout" / "corpus.jsonl"), 1, (2, 20))
+
+
+def test_bge_m3_unified_finetuning_exports(m3_data, tmp_path):
+    import torch
+    from export import export_onnx
+    from train.bge_m3 import M3Config, train_m3
+
+    cfg = M3Config(model=str(BGE_M3_SRC), data=str(TRAIN), output=str(tmp_path / "m3"), max_steps=3,
+                   batch_size=4, learning_rate=1e-4, query_max_length=32, passage_max_length=64, save_steps=2,
+                   progress=False, device="cpu")
+    summary = train_m3(cfg, m3_data)
+    assert summary["steps"] == 3 and summary["negatives_per_query"] == 1 and len(summary["history"]) == 3
+    out = Path(cfg.output)
+    for name in ("config.json", "model.safetensors", "sparse_linear.pt", "colbert_linear.pt", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    assert not (tmp_path / "m3.checkpoints").exists()
+    before = torch.load(BGE_M3_SRC / "sparse_linear.pt")
+    after = torch.load(out / "sparse_linear.pt")
+    assert not torch.equal(before["weight"].float(), after["weight"].float())
+    # The export takes it as BGE-M3 and validates it against FlagEmbedding.
+    export_onnx.main(["--model", str(out), "--output", str(tmp_path / "exported"), "--max-length", "64"])
+    assert json.loads((tmp_path / "exported" / "export_info.json").read_text())["kind"] == "bge_m3"
+
+
+def test_bge_m3_frozen_encoder_trains_the_heads_only(m3_data, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    from train.bge_m3 import M3Config, train_m3
+
+    cfg = M3Config(model=str(BGE_M3_SRC), data=str(TRAIN), output=str(tmp_path / "m3"), max_steps=2,
+                   batch_size=4, learning_rate=1e-3, query_max_length=32, passage_max_length=64,
+                   freeze_encoder=True, self_distill=False, progress=False, device="cpu")
+    train_m3(cfg, m3_data)
+    source, tuned = load_file(BGE_M3_SRC / "model.safetensors"), load_file(Path(cfg.output) / "model.safetensors")
+    # Every encoder weight is the source's (FlagEmbedding also saves the unused pooler transformers adds).
+    assert set(source) <= set(tuned) and all(torch.equal(source[k], tuned[k]) for k in source)
+    assert not torch.equal(torch.load(BGE_M3_SRC / "sparse_linear.pt")["weight"].float(),
+                           torch.load(Path(cfg.output) / "sparse_linear.pt")["weight"].float())

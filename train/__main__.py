@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 from .data import DataError, read_examples
+from .bge_m3 import M3Config
 from .splade import TrainConfig
 
 DEFAULTS = TrainConfig("", "", "")
+M3 = M3Config("", "", "")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -24,8 +26,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="the trained model directory (same layout as --model)")
     p.add_argument("--epochs", type=float, default=DEFAULTS.epochs)
     p.add_argument("--max-steps", type=int, default=DEFAULTS.max_steps, help="stop after this many steps (-1: epochs)")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    p.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"default {DEFAULTS.batch_size} (SPLADE), {M3.batch_size} (BGE-M3)")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help=f"default {DEFAULTS.learning_rate:g} (SPLADE), {M3.learning_rate:g} (BGE-M3)")
     p.add_argument("--warmup-ratio", type=float, default=DEFAULTS.warmup_ratio, help="learning-rate warm-up")
     p.add_argument("--max-seq-length", type=int, default=DEFAULTS.max_seq_length)
     p.add_argument("--document-regularizer-weight", type=float, default=DEFAULTS.document_regularizer_weight)
@@ -42,6 +46,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     p.add_argument("--no-progress", action="store_true")
+    m3 = p.add_argument_group("BGE-M3 (FlagEmbedding's unified fine-tuning)")
+    m3.add_argument("--freeze-encoder", action="store_true", help="train the sparse and ColBERT heads only")
+    m3.add_argument("--no-self-distill", action="store_true", help="no self-distillation from the combined score")
+    m3.add_argument("--query-max-length", type=int, default=M3.query_max_length)
+    m3.add_argument("--passage-max-length", type=int, default=M3.passage_max_length)
     p.add_argument("--install", metavar="PIPELINE", default=None,
                    help="then export the output into pipelines/PIPELINE.toml's model directory and assemble "
                         "the repository (python -m train.install; --server reloads it)")
@@ -60,9 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     from splade_triton.artifacts import bge_m3
 
-    if bge_m3.is_layout(args.model):
-        raise SystemExit("python -m train: BGE-M3 fine-tuning is not implemented yet (SPLADE masked-LM "
-                         "directories only); see docs/finetuning.md")
+    is_m3 = bge_m3.is_layout(args.model)
     if not Path(args.model).is_dir():
         raise SystemExit(f"python -m train: {args.model} is not a directory")
     try:
@@ -75,9 +82,33 @@ def main(argv: list[str] | None = None) -> None:
             args.negatives = max(args.negatives, args.mine_negatives)
     except (DataError, ValueError) as e:
         raise SystemExit(f"python -m train: {e}") from None
+    if is_m3:
+        from .bge_m3 import train_m3
+
+        m3 = M3Config(model=args.model, data=args.data, output=args.output, epochs=args.epochs,
+                      max_steps=args.max_steps, batch_size=args.batch_size or M3.batch_size,
+                      learning_rate=args.learning_rate or M3.learning_rate, warmup_ratio=args.warmup_ratio,
+                      query_max_length=args.query_max_length, passage_max_length=args.passage_max_length,
+                      negatives=args.negatives, self_distill=not args.no_self_distill,
+                      freeze_encoder=args.freeze_encoder, max_grad_norm=args.max_grad_norm,
+                      save_steps=args.save_steps, seed=args.seed, device=args.device,
+                      progress=not args.no_progress)
+        try:
+            summary = train_m3(m3, examples)
+        except ValueError as e:
+            raise SystemExit(f"python -m train: {e}") from None
+        print(json.dumps({k: summary[k] for k in ("examples", "negatives_per_query", "steps", "resumed", "device",
+                                                  "seconds")}))
+        print(f"wrote {args.output} (export: python -m export.export_onnx --model {args.output})", file=sys.stderr)
+        if args.install:
+            raise SystemExit("python -m train: --install serves SPLADE models; export a BGE-M3 with "
+                             "python -m export.export_onnx --model OUT --output build/models/bge-m3 --repository "
+                             "model_repository")
+        return
     config = TrainConfig(
-        model=args.model, data=args.data, output=args.output, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length,
+        model=args.model, data=args.data, output=args.output, epochs=args.epochs,
+        batch_size=args.batch_size or DEFAULTS.batch_size,
+        learning_rate=args.learning_rate or DEFAULTS.learning_rate, warmup_ratio=args.warmup_ratio, max_seq_length=args.max_seq_length,
         document_regularizer_weight=args.document_regularizer_weight,
         query_regularizer_weight=args.query_regularizer_weight, regularizer=args.regularizer,
         regularizer_warmup_ratio=args.regularizer_warmup_ratio, max_grad_norm=args.max_grad_norm,
