@@ -171,12 +171,19 @@ def test_rows_share_a_negative_count_and_carry_teacher_scores():
 
     examples = [Example("q1", ["p1", "p2"], ["n1", "n2", "n3"], [3.0, 2.0], [1.0, 0.5, 0.2]),
                 Example("q2", ["p3"], ["n4", "n5"], [4.0], [1.5, 0.1])]
-    columns, n, distill = to_rows(examples, negatives=5)
+    columns, n, distill = to_rows(examples, negatives=2)
     assert n == 2 and distill and len(columns["query"]) == 3
     assert set(columns) == {"query", "positive", "negative_1", "negative_2", "label"}
     assert columns["label"][2] in ([4.0, 1.5, 0.1], [4.0, 0.1, 1.5])
-    columns, n, distill = to_rows(examples + [Example("q3", ["p4"])], negatives=5)
-    assert n == 0 and not distill and set(columns) == {"query", "positive"}
+    columns, n, distill = to_rows(examples, negatives=5)  # 3: the most any has; q2's 2 cannot carry scores
+    assert n == 3 and not distill and "label" not in columns
+    # Fewer negatives than asked: drawn again; none: other examples' (never its own positives).
+    columns, n, distill = to_rows(examples + [Example("q3", ["p4"], ["n6"]), Example("q4", ["n1"])], negatives=2)
+    assert n == 2 and not distill and set(columns) == {"query", "positive", "negative_1", "negative_2"}
+    assert [columns["negative_1"][3], columns["negative_2"][3]] == ["n6", "n6"]
+    assert {columns["negative_1"][4], columns["negative_2"][4]} <= {"n2", "n3", "n4", "n5", "n6"}
+    columns, n, _ = to_rows([Example("q1", ["p1"]), Example("q2", ["p2"])], negatives=3)
+    assert n == 0 and set(columns) == {"query", "positive"}
 
 
 def test_bm25_mining_adds_negatives_that_are_not_positives():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -69,11 +70,17 @@ def train_m3(config: M3Config, examples) -> dict:
     from splade_triton.artifacts.files import staged_directory
 
     started = time.time()
-    n = min([config.negatives] + [len(e.neg) for e in examples])
-    distill = all(e.pos_scores is not None and e.neg_scores is not None for e in examples)
+    # FlagEmbedding draws a query's negatives again when it has fewer than the group needs;
+    # one with none takes other queries' (seeded), never its own positives.
+    n = min(config.negatives, max(len(e.neg) for e in examples))
+    distill = all(e.pos_scores is not None and e.neg_scores is not None for e in examples) and n > 0 \
+        and all(e.neg for e in examples)
+    rng = random.Random(config.seed)
+    pool = [t for e in examples for t in e.neg]
     lines = []
     for e in examples:
-        row = {"query": e.query, "pos": e.pos, "neg": e.neg}
+        neg = e.neg or ([rng.choice([t for t in pool if t not in e.pos] or pool)] if n else [])
+        row = {"query": e.query, "pos": e.pos, "neg": neg}
         if distill:
             row |= {"pos_scores": e.pos_scores, "neg_scores": e.neg_scores}
         lines.append(json.dumps(row, ensure_ascii=False))
@@ -103,7 +110,7 @@ def train_m3(config: M3Config, examples) -> dict:
             "train_group_size": n + 1,
             "query_max_len": config.query_max_length,
             "passage_max_len": config.passage_max_length,
-            "knowledge_distillation": distill and n > 0,
+            "knowledge_distillation": distill,
             "output_dir": str(checkpoints),
             "num_train_epochs": config.epochs,
             "max_steps": config.max_steps,
@@ -134,7 +141,7 @@ def train_m3(config: M3Config, examples) -> dict:
             if (checkpoints / name).is_file():
                 shutil.copy2(checkpoints / name, staging / name)
         summary = {"source_model": str(config.model), "data": str(config.data), "examples": len(examples),
-                   "negatives_per_query": n, "distillation": distill and n > 0,
+                   "negatives_per_query": n, "distillation": distill,
                    "losses": "FlagEmbedding unified fine-tuning (dense + sparse + colbert"
                              + (", self-distillation" if config.self_distill else "") + ")",
                    "freeze_encoder": config.freeze_encoder, "steps": int(runner.trainer.state.global_step),

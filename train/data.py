@@ -104,23 +104,36 @@ def to_rows(examples: list[Example], negatives: int, seed: int = 12) -> tuple[di
     """Columns for the trainer: ``query``, ``positive``, ``negative_1..n`` (and ``label`` with teacher
     scores), one row per positive text.
 
-    Every row needs the same number of negatives: ``n`` is ``negatives`` capped by the fewest any
-    example has (0 when one has none; in-batch negatives still apply). A query's negatives are
-    drawn without replacement, deterministically. Returns ``(columns, n, distill)``.
+    Every row needs the same number of negatives: ``n`` is ``negatives`` capped by the most any
+    example has (0 when none has any; in-batch negatives still apply). An example with fewer
+    draws its own again (as FlagEmbedding does), one with none takes other examples' negatives
+    (never its own positives); all draws are seeded. Teacher scores are used when every example
+    has them for ``n`` negatives of its own (the label: the positive's score, then the negatives').
+    Returns ``(columns, n, distill)``.
     """
-    n = min([negatives] + [len(e.neg) for e in examples])
-    distill = examples[0].pos_scores is not None and n > 0 and all(e.neg_scores is not None for e in examples)
+    n = min([negatives, max(len(e.neg) for e in examples)])
+    distill = (n > 0 and all(e.pos_scores is not None and e.neg_scores is not None and len(e.neg) >= n
+                             for e in examples))
     rng = random.Random(seed)
+    pool = [t for e in examples for t in e.neg]
     columns: dict[str, list] = {"query": [], "positive": [], **{f"negative_{i + 1}": [] for i in range(n)}}
     if distill:
         columns["label"] = []
     for e in examples:
         for p, pos in enumerate(e.pos):
-            picked = rng.sample(range(len(e.neg)), n) if n else []
+            if len(e.neg) >= n:
+                picked = rng.sample(range(len(e.neg)), n)
+                texts = [e.neg[j] for j in picked]
+            elif e.neg:
+                texts = [e.neg[j] for j in rng.sample(range(len(e.neg)), len(e.neg))]
+                texts += [rng.choice(e.neg) for _ in range(n - len(texts))]
+            else:
+                others = [t for t in pool if t not in e.pos] or pool
+                texts = [rng.choice(others) for _ in range(n)]
             columns["query"].append(e.query)
             columns["positive"].append(pos)
-            for i, j in enumerate(picked):
-                columns[f"negative_{i + 1}"].append(e.neg[j])
+            for i, text in enumerate(texts):
+                columns[f"negative_{i + 1}"].append(text)
             if distill:
                 columns["label"].append([e.pos_scores[p]] + [e.neg_scores[j] for j in picked])
     return columns, n, distill
