@@ -38,6 +38,7 @@ import numpy as np
 
 from bench import flops, workloads
 from bench.run import BUILD, ROOT, Served, batches, prepare_bert_base
+from bench.run import best_rate as rate
 from splade_triton.artifacts.numerics import compare_weights
 from splade_triton.artifacts.quantize import calibration_batches, quantize_int8
 from splade_triton.artifacts.repository import assemble, default_pipelines
@@ -81,16 +82,6 @@ def openvino_gemm_gflops(precision: str, threads: int, n: int = 2048, repeat: in
     request.infer(feeds)
     best = min(flops._timed(lambda: request.infer(feeds)) for _ in range(repeat))
     return 2 * n**3 / best / 1e9
-
-
-def rate(fn, count: int, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return count / float(np.median(times))
 
 
 def shape_costs(path: Path, threads: int) -> dict:
@@ -155,6 +146,9 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--note", default="", help="a sentence for the docs (e.g. what else ran on the machine)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other models' figures of build/bench/runtimes.json (rerun one model)")
     args = parser.parse_args(argv)
     flags = cpu_flags()
     report = {"machine": machine(), "command": "python -m bench.runtimes", "models": {}}
@@ -245,7 +239,16 @@ def main(argv=None) -> None:
             finally:
                 served.stop()
     report["machine"]["load_average_end"] = os.getloadavg()
+    report["note"] = args.note
     out = BUILD / "runtimes.json"
+    if args.merge and out.is_file():
+        earlier = json.loads(out.read_text())
+        for name, entry in earlier["models"].items():
+            if name not in report["models"]:
+                entry["run"] = earlier["machine"]  # those figures' own load averages
+                report["models"][name] = entry
+        report["models"] = {k: report["models"][k] for k in ["splade-tiny", "bert-base-random", *report["models"]]
+                            if k in report["models"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
@@ -265,7 +268,7 @@ def render(report: dict) -> str:
              f"`{report['command']}` on {m['cpu']} ({m['cores']} cores; ISA: {', '.join(m['isa'])}), "
              f"onnxruntime {m['onnxruntime']}, openvino {m['openvino']}; load average at start "
              f"{', '.join(f'{x:.2f}' for x in m['load_average'])}, at end "
-             f"{', '.join(f'{x:.2f}' for x in m['load_average_end'])}.",
+             f"{', '.join(f'{x:.2f}' for x in m['load_average_end'])}. {report.get('note', '')}",
              "",
              f"GEMM peak (2048^3 MatMul by a constant weight, 2 threads): fp32 ONNX Runtime {g['onnxruntime_fp32']} GFLOP/s, OpenVINO "
              f"{g['openvino_fp32']}; bf16 OpenVINO {g['openvino_bf16']}; int8 OpenVINO (NNCF) {g['openvino_int8']} "
@@ -278,6 +281,12 @@ def render(report: dict) -> str:
                       f"a length never seen, relative to its own second run: 1st {c['first_new_ratio']}x, "
                       f"100th {c['hundredth_new_ratio']}x, median {c['median_new_ratio']}x; compiled "
                       f"{c['compile_count']} time(s).", ""]
+        if "run" in entry:
+            lines += [f"{name}: figures of an earlier run (load average at start "
+                      f"{', '.join(f'{x:.2f}' for x in entry['run']['load_average'])}, at end "
+                      f"{', '.join(f'{x:.2f}' for x in entry['run']['load_average_end'])}).", ""]
+        else:
+            lines += [f"{name}: figures of this run.", ""]
         for kind in ("passages", "queries"):
             w = entry[kind]
             lines += [f"### {name}, {kind}: {w['texts']} texts, mean {w['mean_tokens']} tokens, in-process batches "
@@ -303,12 +312,15 @@ def defaults(report: dict) -> list[str]:
              "Rule (issue 11): OpenVINO fp32 becomes the default only at >= 1.1x ONNX Runtime fp32 everywhere "
              "(identical vectors are tested); a lower precision only where it passes the fidelity gate on a trained "
              "model (SPLADE-tiny, `python -m export.quantize`, recorded in its export_info.json) and is faster.", ""]
-    ratios = []
+    ratios, values = [], []
     for name, entry in report["models"].items():
         for kind in ("passages", "queries"):
             w = entry[kind]
             ort, ov = w["in_process"].get("onnxruntime_fp32"), w["in_process"].get("openvino_fp32")
             if ort and ov:
+                values.append(ov["texts_per_s"] / ort["texts_per_s"])
+                if w["served_grpc"].get("onnxruntime_fp32") and w["served_grpc"].get("openvino_fp32"):
+                    values.append(w["served_grpc"]["openvino_fp32"] / w["served_grpc"]["onnxruntime_fp32"])
                 ratios.append(f"{name} {kind} {ov['texts_per_s'] / ort['texts_per_s']:.2f}x in process"
                               + (f", {w['served_grpc']['openvino_fp32'] / w['served_grpc']['onnxruntime_fp32']:.2f}x served"
                                  if w["served_grpc"].get("onnxruntime_fp32") else ""))
@@ -321,6 +333,14 @@ def defaults(report: dict) -> list[str]:
             lines.append(f"- SPLADE-tiny gate, {key.replace('_', ' ')}: {g['gate']} (top-50 recall "
                          f"{g['topk_recall']:.4f}, worst text {g['min_text_recall']:.4f}, nDCG@10 {g['ndcg10']:.4f} vs "
                          f"fp32 {g['ndcg10_fp32']:.4f}).")
+    passed = [k for k in ("openvino_bf16", "openvino_int8") if isinstance(gates.get(k), dict) and gates[k].get("gate") == "pass"]
+    runtime = "openvino" if values and min(values) >= 1.1 else "onnxruntime"
+    lines += ["", f"Chosen: `runtime {runtime}`, `precision fp32` "
+              + (f"(OpenVINO fp32 reached >= 1.1x everywhere)" if runtime == "openvino" else
+                 f"(OpenVINO fp32 ranged {min(values):.2f}x-{max(values):.2f}x of ONNX Runtime: not >= 1.1x everywhere)" if values else "")
+              + ("; no lower precision passed the gate on SPLADE-tiny, so none is a default: bf16 / int8 stay "
+                 "opt-in (`precision`, with `fidelity_gate warn` for a model whose gate failed)" if not passed else
+                 f"; {', '.join(passed)} passed the gate on SPLADE-tiny") + "."]
     return lines
 
 
