@@ -81,9 +81,10 @@ def build_encoder(model_dir: str | Path, max_seq_length: int = 256, device: str 
     return SparseEncoder(modules=[transformer, SpladePooling(pooling_strategy="max")], device=pick_device(device))
 
 
-def _fingerprint(config: TrainConfig) -> str:
-    """What a resumed run must share with the one it resumes: data bytes and training settings."""
-    h = hashlib.sha256(Path(config.data).read_bytes())
+def _fingerprint(config: TrainConfig, columns: dict) -> str:
+    """What a resumed run must share with the one it resumes: the training rows (data, mined
+    negatives) and the training settings."""
+    h = hashlib.sha256(json.dumps(columns, sort_keys=True).encode())
     settings = {k: v for k, v in asdict(config).items() if k not in ("output", "progress", "device", "save_steps")}
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()
@@ -156,7 +157,7 @@ def train(config: TrainConfig, examples=None) -> dict:
 
     output = Path(config.output).resolve()
     checkpoints = output.parent / (output.name + _CHECKPOINTS)
-    fingerprint = _fingerprint(config)
+    fingerprint = _fingerprint(config, columns)
     stamp = checkpoints / "run.json"
     resume = False
     if checkpoints.is_dir() and any(checkpoints.glob("checkpoint-*")):
