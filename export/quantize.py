@@ -86,7 +86,9 @@ def main(argv=None) -> int:
         try:
             session = open_session(str(path), runtime, precision, args.threads)
         except ValueError as e:  # e.g. an IR the CPU plugin cannot compile
-            results[name] = {"gate": "error", "reason": str(e).splitlines()[0][:500]}
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            cause = next((line for line in lines if line.startswith("Check")), lines[-1] if lines else "")
+            results[name] = {"gate": "error", "reason": f"{lines[0] if lines else ''} {cause}"[:500]}
             print(f"{name}: cannot load: {e}", flush=True)
             continue
         figures = gate(reference, session, model_dir, texts=args.texts)
