@@ -109,8 +109,8 @@ def prepare_repository(name: str, model_dir: Path) -> Path:
         return ROOT / "model_repository"
     exported = BUILD / name / "exported"
     if not (exported / "model.onnx").is_file():
-        subprocess.run([sys.executable, str(ROOT / "export" / "export_onnx.py"), "--model", str(model_dir),
-                        "--output", str(exported)], check=True)
+        subprocess.run([sys.executable, "-m", "export.export_onnx", "--model", str(model_dir),
+                        "--output", str(exported)], cwd=ROOT, check=True)
     pipeline = next(p for p in default_pipelines() if p.name == "splade")
     return assemble(BUILD / name / "model_repository", [dataclasses.replace(pipeline, model=exported)])
 
