@@ -385,6 +385,16 @@ class _AsyncClient:
             raise ServerError(f"the server answered {rows} rows for {len(texts)} texts", url=self.url)
         return result
 
+    async def _stream(self, texts: Iterable[str | bytes], **options: Any) -> AsyncIterator[Any]:
+        """One result per text, in order, through the subclass's ``encode_batches``
+        (texts read lazily, one request's worth at a time)."""
+        agen = self.encode_batches(((None, chunk) for chunk in self._requests(texts)), **options)
+        try:
+            async for _, results in agen:
+                for result in results:
+                    yield result
+        finally:
+            await agen.aclose()
 
     def _requests(self, texts: Iterable[str | bytes]) -> Iterator[list[bytes]]:
         # Cut by count and by bytes: 64 long texts can exceed the server's max_request_bytes.
@@ -491,14 +501,8 @@ class AsyncSpladeClient(_AsyncClient):
     async def iter_encode(self, texts: Iterable[str | bytes], *, top_k: int | None = None,
                           min_weight: float | None = None, return_tokens: bool = False) -> AsyncIterator[SparseVector]:
         """Stream one vector per text, in order (texts read lazily, one request's worth at a time)."""
-        batches = ((None, chunk) for chunk in self._requests(texts))
-        agen = self.encode_batches(batches, top_k=top_k, min_weight=min_weight, return_tokens=return_tokens)
-        try:
-            async for _, vectors in agen:
-                for vector in vectors:
-                    yield vector
-        finally:
-            await agen.aclose()
+        async for vector in self._stream(texts, top_k=top_k, min_weight=min_weight, return_tokens=return_tokens):
+            yield vector
 
     @overload
     async def encode(self, texts: str, *, top_k: int | None = ..., min_weight: float | None = ...,
@@ -629,14 +633,8 @@ class AsyncBgeM3Client(_AsyncClient):
 
     async def iter_encode(self, texts: Iterable[str | bytes], **kwargs: Any) -> AsyncIterator[M3Embedding]:
         """Stream one :class:`M3Embedding` per text, in order (arguments as :meth:`encode`)."""
-        batches = ((None, chunk) for chunk in self._requests(texts))
-        agen = self.encode_batches(batches, **kwargs)
-        try:
-            async for _, embeddings in agen:
-                for embedding in embeddings:
-                    yield embedding
-        finally:
-            await agen.aclose()
+        async for embedding in self._stream(texts, **kwargs):
+            yield embedding
 
     async def encode(self, texts, *, return_dense: bool = True, return_sparse: bool = True,
                      return_colbert_vecs: bool = False, return_tokens: bool = False,
