@@ -8,6 +8,16 @@ over the tokens i of a text. log1p(relu(.)) is monotone non-decreasing, so the
 max can be taken over the raw logits first (padding masked out) and the
 activation applied once per term: the exported encoder graph does the max,
 this module does the rest.
+
+Activations (``ACTIVATIONS``, named in a model's export_info.json; all
+monotone, so the max-first order holds for each):
+
+- ``log1p_relu``: log(1 + relu(x)), SPLADE's (sentence-transformers'
+  SpladePooling ``activation_function="relu"``);
+- ``log1p_log1p_relu``: log(1 + log(1 + relu(x))), OpenSearch's v3 document
+  encoders (SpladePooling ``activation_function="log1p_relu"``);
+- ``identity``: the pooled values are the weights already (an inference-free
+  query side: a weight per token, looked up, no transformer).
 """
 
 from __future__ import annotations
@@ -16,13 +26,36 @@ import numpy as np
 
 from splade_triton.serving.sparse import SparseBatch, check_options, sparse_rows
 
-__all__ = ["activate", "reference_splade", "sparsify", "SparseBatch"]
+__all__ = ["ACTIVATIONS", "activate", "reference_splade", "sparsify", "SparseBatch"]
 
 
-def activate(pooled_logits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """log1p(relu(x)): term weights from the max-pooled MLM logits."""
+# name -> f(x) for x > 0 (every activation but identity is 0 for x <= 0).
+ACTIVATIONS = {
+    "log1p_relu": np.log1p,
+    "log1p_log1p_relu": lambda x: np.log1p(np.log1p(x)),
+    "identity": lambda x: x,
+}
+
+
+def check_activation(name: str) -> str:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")
+    return name
+
+
+def activate(pooled_logits: np.ndarray, out: np.ndarray | None = None, activation: str = "log1p_relu") -> np.ndarray:
+    """Term weights from the max-pooled MLM logits (default log1p(relu(x)))."""
+    check_activation(activation)
+    if activation == "identity":
+        if out is None:
+            return pooled_logits.copy()
+        np.copyto(out, pooled_logits)
+        return out
     out = np.maximum(pooled_logits, 0.0, out=out)
-    return np.log1p(out, out=out)
+    out = np.log1p(out, out=out)
+    if activation == "log1p_log1p_relu":
+        out = np.log1p(out, out=out)
+    return out
 
 
 def reference_splade(logits: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -35,7 +68,8 @@ def reference_splade(logits: np.ndarray, attention_mask: np.ndarray) -> np.ndarr
     return weights.max(axis=1)
 
 
-def sparsify(pooled_logits: np.ndarray, top_k: int = 0, min_weight: float = 0.0) -> SparseBatch:
+def sparsify(pooled_logits: np.ndarray, top_k: int = 0, min_weight: float = 0.0,
+             activation: str = "log1p_relu") -> SparseBatch:
     """Keep the non-zero SPLADE weights of each row of max-pooled logits.
 
     Args:
@@ -43,17 +77,19 @@ def sparsify(pooled_logits: np.ndarray, top_k: int = 0, min_weight: float = 0.0)
             masked MLM logits (before the activation).
         top_k: keep at most this many terms per text, the largest
             (sentence-transformers' ``max_active_dims``); 0 keeps all.
-        min_weight: drop terms whose weight is below this (after log1p(relu)).
+        min_weight: drop terms whose weight is below this (after the activation).
+        activation: a name of ``ACTIVATIONS``.
     """
     if pooled_logits.ndim != 2:
         raise ValueError(f"pooled_logits must be 2-D [n, vocab], got shape {pooled_logits.shape}")
     check_options(top_k, min_weight)
+    check_activation(activation)
 
     n = pooled_logits.shape[0]
-    # Only the positive logits have a non-zero weight; working on them alone
-    # avoids a full [n, vocab] activation pass.
-    rows, cols = np.nonzero(pooled_logits > 0)
-    vals = np.log1p(pooled_logits[rows, cols])
+    # Only the positive logits have a non-zero weight (identity: the non-zero
+    # ones); working on them alone avoids a full [n, vocab] activation pass.
+    rows, cols = np.nonzero(pooled_logits != 0 if activation == "identity" else pooled_logits > 0)
+    vals = ACTIVATIONS[activation](pooled_logits[rows, cols])
     if min_weight > 0:
         keep = vals >= min_weight
         rows, cols, vals = rows[keep], cols[keep], vals[keep]
