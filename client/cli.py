@@ -1,7 +1,8 @@
 """``python -m client``: embed, bulk-encode, search, evaluate, and check the service.
 
 Every command talks to the server given by ``--url`` (default ``$SPLADE_URL``,
-else ``grpc://127.0.0.1:8001``) and the pipeline given by ``--model`` (default
+else ``grpc://127.0.0.1:8001``; repeated or comma-separated: replicas, requests
+spread over them with failover) and the pipeline given by ``--model`` (default
 ``splade``); whether it is a SPLADE or a BGE-M3 pipeline is read from the
 model's metadata (``--kind`` to say it). A failure is one line on stderr and a
 non-zero exit status: 1 for errors, 2 for bad usage, 130 when interrupted.
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from importlib.metadata import version
 from typing import Any, TextIO
 
 import numpy as np
@@ -45,9 +47,11 @@ from .corpus import (
     record_text,
     vector_line,
 )
+from .engine import DEFAULT_ENGINE
 from .errors import InvalidRequestError, ModelNotFoundError, ServerError, SpladeError
 from .formats import FORMATS, SparseVector, _floats
 from .m3 import M3Embedding, to_flagembedding
+from .retrieval import FUSIONS, RETRIEVERS
 
 __all__ = ["main"]
 
@@ -263,6 +267,10 @@ def _load_texts(args: argparse.Namespace) -> dict[str, str]:
 def cmd_search(args: argparse.Namespace) -> int:
     from .scoring import SparseIndex
 
+    if not args.vectors:
+        return _search_engine(args)
+    if args.retriever or args.fusion or args.weights:
+        raise CommandError("--retriever, --fusion and --weights search an engine collection, not --vectors")
     ids, vectors = read_vectors(args.vectors)
     if not ids:
         raise CommandError(f"{args.vectors} holds no vectors")
@@ -302,12 +310,172 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- index and the engine -----------------------------------------------------------
+
+
+ENGINE_ENV = "SPLADE_ENGINE"
+
+
+def _engine(args: argparse.Namespace, collection: str | None = None, recreate: bool = False):
+    from .engine import Engine
+
+    kind = args.resolved_kind if getattr(args, "resolved_kind", None) else _kind(args)
+    args.resolved_kind = kind
+    return Engine(args.engine, collection or args.collection or args.model, pipeline=args.model, kind=kind,
+                  recreate=recreate)
+
+
+def _corpus_records(path: str, id_field: str, text_fields: Sequence[str]) -> tuple[str, Iterator[tuple[str, str]]]:
+    """(the JSONL file, its (id, text) records): a BEIR folder is its corpus.jsonl, title + text."""
+    if os.path.isdir(path):
+        path, id_field, text_fields = os.path.join(path, "corpus.jsonl"), "_id", ("title", "text")
+
+    def records() -> Iterator[tuple[str, str]]:
+        for number, obj in read_jsonl(path):
+            where = f"{path}:{number}: "
+            if id_field not in obj:
+                raise ValueError(f"{where}no {id_field!r} field")
+            yield id_key(obj[id_field], where), record_text(obj, text_fields, where)
+
+    return path, records()
+
+
+def _index(args: argparse.Namespace, client, engine, records: Iterator[tuple[str, str]], total: int) -> int:
+    from .retrieval import IndexReport, index_documents
+
+    report = IndexReport()
+    already = engine.count()
+    with _progress(args, total=total, unit="doc", desc="index") as bar:
+        try:
+            index_documents(client, engine, records, kind=args.resolved_kind, batch_size=args.batch_size,
+                            max_request_bytes=args.max_request_bytes, write_rows=args.write_batch,
+                            doc_top_k=args.doc_top_k, progress=bar.update, report=report)
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"interrupted: {report.written} new documents written to collection {engine.collection!r} "
+                  f"at {engine.uri}; run the same command again to resume", file=sys.stderr)
+            raise _Interrupted from None
+    engine.flush()
+    print(f"indexed {report.written} documents in {report.seconds:.2f} s ({report.rate:.1f} docs/s, encoding "
+          f"and writing); {report.skipped} skipped (already in the collection, or a repeated id); "
+          f"{already + report.written} documents in collection {engine.collection!r} at {engine.uri}",
+          file=sys.stderr if args.command == "evaluate" else sys.stdout)
+    return report.written
+
+
+class _Interrupted(Exception):
+    """Ctrl-C after the command said what it kept (exit status 130, no second message)."""
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    path, records = _corpus_records(args.input, args.id_field, _text_fields(args.text_field))
+    total = count_lines(path)
+    with _engine(args, recreate=args.recreate) as engine, _client(args) as client:
+        _index(args, client, engine, records, total)
+    return 0
+
+
+def _retriever(args: argparse.Namespace, client, engine, retriever: str | None = None, fusion: str | None = None):
+    from .retrieval import Retriever
+
+    retriever = retriever or args.retriever or "hybrid"
+    return Retriever(client, engine, kind=args.resolved_kind, retriever=retriever, fusion=fusion or args.fusion or "rrf",
+                     weights=args.weights if retriever == "hybrid" else None, candidates=args.candidates,
+                     query_top_k=args.query_top_k)
+
+
+def _search_engine(args: argparse.Namespace) -> int:
+    out = sys.stdout
+    with _engine(args) as engine, _client(args) as client:
+        if not engine.exists:
+            raise CommandError(f"collection {engine.collection!r} at {engine.uri} does not exist: "
+                               "run python -m client index first")
+        retriever = _retriever(args, client, engine)
+        queries = args.queries or (line.strip() for line in sys.stdin if line.strip())
+        for query in queries:
+            hits = retriever.search([query], args.hits)[0]
+            if args.json:
+                _print_json({"query": query, "retriever": retriever.describe(),
+                             "hits": [{"id": i, "score": round(s, 6)} for i, s in hits]}, out)
+                out.flush()
+                continue
+            texts = engine.texts(i for i, _ in hits)
+            out.write(f"{query}\n")
+            if not hits:
+                out.write("  (no document found)\n")
+            for rank, (doc, score) in enumerate(hits, 1):
+                snippet = " ".join(texts.get(doc, "").split())
+                out.write(f"  {rank:>2}. {doc}  {score:.4f}\n      {snippet[:100]}{'...' if len(snippet) > 100 else ''}\n")
+            out.flush()
+    return 0
+
+
+def _evaluate_engine(args: argparse.Namespace) -> int:
+    import re
+
+    from .evaluate import DEFAULT_MEASURES, measure_run, write_trec_run
+    from .retrieval import FUSIONS, retrievers_of
+
+    dataset = load_beir(args.dataset, args.split)
+    measures = {m: m for m in args.measure} if args.measure else DEFAULT_MEASURES
+    name = os.path.basename(os.path.normpath(args.dataset))
+    start = time.perf_counter()
+    args.resolved_kind = _kind(args)
+    collection = args.collection or re.sub(r"\W", "_", f"{args.model}_{name}")
+    chosen = args.retriever or "hybrid"
+    with _engine(args, collection, recreate=args.recreate) as engine, _client(args) as client:
+        _index(args, client, engine, iter(dataset.corpus.items()), len(dataset.corpus))
+        qids = list(dataset.queries)
+        texts = [dataset.queries[q] for q in qids]
+        # Every single retriever and the hybrid by each fusion: the comparison table.
+        rows = [(r, None) for r in retrievers_of(args.resolved_kind)] + [("hybrid", f) for f in FUSIONS]
+        table, runs, labels = {}, {}, {}
+        for retriever, fusion in rows:
+            r = _retriever(args, client, engine, retriever, fusion)
+            label = r.describe()
+            t0 = time.perf_counter()
+            run: dict[str, dict[str, float]] = {}
+            for chunk in batched(list(zip(qids, texts)), 64):
+                for (qid, _), hits in zip(chunk, r.search([t for _, t in chunk], args.depth)):
+                    run[qid] = dict(hits)
+            table[label] = {**measure_run(dataset.qrels, run, measures),
+                            "ms/query": 1000 * (time.perf_counter() - t0) / max(len(qids), 1)}
+            runs[(retriever, fusion)], labels[(retriever, fusion)] = run, label
+    key = (chosen, None) if chosen != "hybrid" else ("hybrid", args.fusion or "rrf")
+    if args.run:
+        write_trec_run(runs[key], args.run, tag=labels[key].split()[0])
+    seconds = time.perf_counter() - start
+    if args.json:
+        _print_json({"dataset": name, "documents": len(dataset.corpus), "queries": len(qids),
+                     "retriever": labels[key], "metrics": {m: v for m, v in table[labels[key]].items() if m in measures},
+                     "table": table, "engine": args.engine, "collection": collection,
+                     "library": f"ir-measures {version('ir-measures')}", "seconds": round(seconds, 3)}, sys.stdout)
+        return 0
+    print(f"{name}: {len(dataset.corpus)} documents, {len(qids)} queries, engine {args.engine} "
+          f"(collection {collection}), {seconds:.1f} s (metrics by ir-measures {version('ir-measures')})")
+    columns = [*measures, "ms/query"]
+    width = max(len(label) for label in table)
+    print(f"  {'retriever':<{width}}  " + "  ".join(f"{c:>10}" for c in columns))
+    for label, metrics in table.items():
+        mark = "*" if label == labels[key] else " "
+        print(f"{mark} {label:<{width}}  " + "  ".join(f"{metrics[c]:>10.4f}" if c != "ms/query" else f"{metrics[c]:>10.1f}"
+                                                for c in columns))
+    if args.run:
+        print(f"* run written to {args.run}")
+    return 0
+
+
 # --- evaluate ----------------------------------------------------------------------
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import DEFAULT_MEASURES, evaluate, score_weights, write_trec_run
 
+    if args.retriever or args.fusion or args.engine_asked:
+        if args.score:
+            raise CommandError("--score ranks in memory; --retriever / --fusion / --engine rank in the engine: "
+                               "give one or the other")
+        return _evaluate_engine(args)
     dataset = load_beir(args.dataset, args.split)
     measures = {m: m for m in args.measure} if args.measure else DEFAULT_MEASURES
     name = os.path.basename(os.path.normpath(args.dataset))
@@ -372,8 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line parser (one sub-command per task)."""
     common = argparse.ArgumentParser(add_help=False)
     server = common.add_argument_group("server")
-    server.add_argument("--url", default=os.environ.get(URL_ENV, DEFAULT_URL),
-                        help=f"grpc://host:port or http://host:port (default ${URL_ENV} or {DEFAULT_URL})")
+    server.add_argument("--url", action="append",
+                        help=f"grpc://host:port, http://host:port or dns:///host:port (gRPC, every address of the "
+                             f"name); repeated or comma-separated: replicas, requests spread over them with "
+                             f"failover (default ${URL_ENV} or {DEFAULT_URL})")
     server.add_argument("--protocol", choices=("grpc", "http"),
                         help="protocol for a URL without a scheme (default grpc)")
     server.add_argument("--model", default="splade",
@@ -411,6 +581,25 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--colbert", action="store_true", help="also the ColBERT vectors (the <model>_colbert ensemble)")
     group.add_argument("--input-type", choices=INPUT_TYPES, help="query or document length limit (default: the server's)")
 
+    engine_opts = argparse.ArgumentParser(add_help=False)
+    group = engine_opts.add_argument_group("search engine")
+    group.add_argument("--engine", default=None,
+                       help=f"Milvus: a local .db path (Milvus Lite, embedded) or http://host:19530 (a Milvus "
+                            f"server or cluster) (default ${ENGINE_ENV} or {DEFAULT_ENGINE})")
+    group.add_argument("--collection", help="collection name (default: the --model name; evaluate: "
+                                            "<model>_<dataset>)")
+
+    retrieval = argparse.ArgumentParser(add_help=False)
+    group = retrieval.add_argument_group("retrieval (engine)")
+    group.add_argument("--retriever", choices=RETRIEVERS,
+                       help="bm25, sparse, dense / colbert (BGE-M3), or hybrid (default hybrid)")
+    group.add_argument("--fusion", choices=FUSIONS, help="hybrid: rrf (default) or weighted")
+    group.add_argument("--weights", help="hybrid: retriever=weight list, e.g. bm25=0.5,sparse=0.5 (default: "
+                                         "SPLADE bm25=0.5,sparse=0.5; BGE-M3 sparse=0.2,dense=0.4,colbert=0.4); "
+                                         "with --score: BGE-M3 dense,sparse,colbert")
+    group.add_argument("--candidates", type=_positive_int, default=100,
+                       help="documents each retriever hands to the fusion and to ColBERT re-scoring (default 100)")
+
     parser = argparse.ArgumentParser(prog="python -m client", description="Embed, bulk-encode, search and evaluate with the SPLADE / BGE-M3 Triton service.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -442,11 +631,28 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--min-weight", type=float, help="drop lighter terms")
     encode.set_defaults(handler=cmd_encode)
 
-    search = commands.add_parser("search", parents=[common, fields], help="search encoded documents",
-                                 description="Index an encode output in memory and answer queries (arguments, "
-                                             "or one per stdin line) with the best documents and matched terms.")
+    index = commands.add_parser("index", parents=[common, progress, fields, engine_opts],
+                                help="bulk-encode a corpus into the search engine",
+                                description="Encode every record of a JSON-lines corpus (or a BEIR folder's "
+                                            "corpus.jsonl: _id, title + text) and write id, text, sparse (and "
+                                            "BGE-M3 dense) vectors into a Milvus collection; the engine adds "
+                                            "BM25. Resumable: ids already in the collection are skipped.")
+    index.add_argument("--input", required=True, help="corpus, one JSON object per line, or a BEIR folder")
+    index.add_argument("--doc-top-k", type=int, help="keep at most N terms per document")
+    index.add_argument("--write-batch", type=_positive_int, default=1024,
+                       help="documents per engine write (default 1024)")
+    index.add_argument("--recreate", action="store_true", help="drop the collection first (only one this "
+                                                               "client wrote)")
+    index.set_defaults(handler=cmd_index)
+
+    search = commands.add_parser("search", parents=[common, fields, engine_opts, retrieval],
+                                 help="search the engine (or encoded documents)",
+                                 description="Answer queries (arguments, or one per stdin line) with the best "
+                                             "documents of an engine collection (python -m client index) by "
+                                             "--retriever; or, with --vectors, of an encode output indexed in "
+                                             "memory, with the matched terms.")
     search.add_argument("queries", nargs="*", metavar="QUERY")
-    search.add_argument("--vectors", required=True, help="an encode output file")
+    search.add_argument("--vectors", help="an encode output file, searched in memory instead of the engine")
     search.add_argument("--corpus", help="the corpus, to show each hit's text")
     search.add_argument("-k", "--hits", type=_positive_int, default=10, help="documents per query (default 10)")
     search.add_argument("--terms", type=_positive_int, default=5, help="matched terms shown per hit (default 5)")
@@ -454,10 +660,14 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="one JSON object per query")
     search.set_defaults(handler=cmd_search)
 
-    evaluate = commands.add_parser("evaluate", parents=[common, progress], help="retrieval quality on a BEIR folder",
+    evaluate = commands.add_parser("evaluate", parents=[common, progress, engine_opts, retrieval],
+                                   help="retrieval quality on a BEIR folder",
                                    description="Encode a BEIR-format dataset (corpus.jsonl, queries.jsonl, "
-                                               "qrels/SPLIT.tsv), retrieve by sparse dot product (BGE-M3: by "
-                                               "--score), and report nDCG@10, MRR@10 and Recall@100 (ir-measures).")
+                                               "qrels/SPLIT.tsv) and report nDCG@10, MRR@10 and Recall@100 "
+                                               "(ir-measures). With --retriever, --fusion or --engine: index it "
+                                               "into the engine (resumably) and compare every retriever in a "
+                                               "table (--run: the --retriever's run). Otherwise in memory: sparse "
+                                               "dot product (BGE-M3: by --score).")
     evaluate.add_argument("--dataset", required=True, help="BEIR-format folder")
     evaluate.add_argument("--split", default="test", help="qrels split (default test)")
     evaluate.add_argument("--depth", type=_positive_int, default=100, help="documents retrieved per query")
@@ -467,7 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "(repeatable), e.g. P@5")
     evaluate.add_argument("--score", choices=("dense", "sparse", "colbert", "hybrid"),
                           help="BGE-M3: rank by this score (default hybrid; SPLADE: sparse only)")
-    evaluate.add_argument("--weights", help="BGE-M3 hybrid weights dense,sparse,colbert (default 0.4,0.2,0.4)")
+    evaluate.add_argument("--write-batch", type=_positive_int, default=1024, help="engine: documents per write")
+    evaluate.add_argument("--recreate", action="store_true", help="engine: drop the collection first")
     evaluate.add_argument("--run", help="also write the run here (TREC format)")
     evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
     evaluate.set_defaults(handler=cmd_evaluate)
@@ -500,10 +711,15 @@ def main(argv: Sequence[str] | None = None, *, standalone: bool = False) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "url", "") is None:  # not a default of --url: a given one would be appended to it
+        args.url = os.environ.get(URL_ENV, DEFAULT_URL)
     if hasattr(args, "text_field") and args.text_field is None:
         args.text_field = ["text"]
     if args.retries < 0:
         parser.error("--retries must be >= 0")
+    if hasattr(args, "engine"):
+        args.engine_asked = args.engine is not None
+        args.engine = args.engine or os.environ.get(ENGINE_ENV) or DEFAULT_ENGINE
     if standalone:
         logging.basicConfig(format="%(levelname)s: %(message)s", stream=sys.stderr)
         logging.getLogger("client").setLevel(logging.INFO if args.verbose else logging.ERROR)
@@ -511,6 +727,8 @@ def main(argv: Sequence[str] | None = None, *, standalone: bool = False) -> int:
             signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.handler(args)
+    except _Interrupted:
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
