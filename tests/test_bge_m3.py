@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from splade_triton.artifacts.repository import Pipeline, assemble, pipeline_configs, skipped
-from splade_triton.serving.bge_m3 import lexical_weights, parse_input_type, read_export_info
+from splade_triton.serving.bge_m3 import lexical_weights, read_export_info
+from splade_triton.serving.params import parse_text_options
 from splade_triton.serving.encoding import RaggedEncoder
 from tests import triton
 from tests.conftest import BGE_M3_QUERY_MAX_LENGTH, BGE_M3_TINY, bge_m3_pipeline
@@ -80,7 +81,7 @@ def test_lexical_weights_sorting_ties_top_k_and_min_weight():
     ('{"input_type": "passage"}', "document"), ('{"input_type": "document", "top_k": 3}', "document"),
 ])
 def test_input_type(params, want):
-    assert parse_input_type(params) == want
+    assert parse_text_options(params).input_type == want
 
 
 @pytest.mark.parametrize("params,message", [
@@ -91,7 +92,7 @@ def test_input_type(params, want):
 ])
 def test_bad_input_type(params, message):
     with pytest.raises(ValueError) as info:
-        parse_input_type(params)
+        parse_text_options(params)
     assert message in str(info.value)
 
 

@@ -29,7 +29,7 @@ def client(protocol, server):
 
 def test_server_and_models_are_ready(server, client):
     assert client.is_server_ready()
-    for model in ("splade", "splade_embedding", "splade_tokenizer", "splade_encoder", "splade_sparsify"):
+    for model in ("splade", "splade_embedding", "splade_windows", "splade_tokenizer", "splade_encoder", "splade_sparsify"):
         assert client.is_model_ready(model)
 
 
@@ -39,11 +39,12 @@ def test_ensemble_contract(server):
     assert int(config["max_batch_size"]) >= 64
     assert [(i["name"], i["data_type"]) for i in config["input"]] == [("text", "TYPE_STRING")]
     outputs = {o["name"]: o["data_type"] for o in config["output"]}
-    assert outputs == {"indices": "TYPE_INT32", "values": "TYPE_FP32", "tokens": "TYPE_STRING"}
+    per_text = {"num_tokens": "TYPE_INT32", "truncated": "TYPE_BOOL", "windows": "TYPE_INT32"}
+    assert outputs == {"indices": "TYPE_INT32", "values": "TYPE_FP32", "tokens": "TYPE_STRING", **per_text}
     config = triton.client("grpc", server).get_model_config("splade_embedding", as_json=True)["config"]
     assert config["platform"] == "ensemble"
     assert [(i["name"], i["data_type"]) for i in config["input"]] == [("text", "TYPE_STRING")]
-    assert [(o["name"], o["data_type"]) for o in config["output"]] == [("embedding", "TYPE_FP32")]
+    assert [(o["name"], o["data_type"]) for o in config["output"]] == [("embedding", "TYPE_FP32")] + list(per_text.items())
 
 
 def test_capital_of_france(protocol, client):

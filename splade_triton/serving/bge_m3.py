@@ -15,43 +15,17 @@ vocabulary width (250002 floats per text) ever exists.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
-import re
 
 import numpy as np
 
 from splade_triton.serving.sparse import SparseBatch, check_options, sparse_rows
 
-__all__ = ["INPUT_TYPES", "SPECIAL_TOKENS", "lexical_weights", "parse_input_type", "read_export_info"]
+__all__ = ["SPECIAL_TOKENS", "lexical_weights", "read_export_info"]
 
-# Request parameter input_type -> the tokenizer length it selects.
-INPUT_TYPES = {"query": "query", "document": "document", "passage": "document"}
 # The special tokens FlagEmbedding leaves out of the lexical weights.
 SPECIAL_TOKENS = ("cls", "eos", "pad", "unk")
-_NAME = "input_type"
-
-
-def _fold(name) -> str:
-    return re.sub(r"[^a-z0-9]", "", str(name).lower())
-
-
-def parse_input_type(parameters_json: str, default: str = "document") -> str:
-    """The request's ``input_type`` as "query" or "document" ("passage" is "document").
-
-    A name that resembles ``input_type`` but is not it (``input-type``,
-    ``inputType``, ``input_tpye``) is refused, so that a misspelt option never
-    silently does nothing. Raises ValueError with a message for the caller.
-    """
-    params = json.loads(parameters_json) if parameters_json else {}
-    for name in params:
-        if name != _NAME and (_fold(_NAME) in _fold(name) or difflib.get_close_matches(_fold(name), [_fold(_NAME)], n=1, cutoff=0.8)):
-            raise ValueError(f"unknown request parameter(s): {name} (did you mean {_NAME}?)")
-    value = params.get(_NAME, default)
-    if not isinstance(value, str) or value not in INPUT_TYPES:
-        raise ValueError(f"input_type must be 'query' or 'document' (or its synonym 'passage'), got {value!r}")
-    return INPUT_TYPES[value]
 
 
 def read_export_info(path) -> dict:

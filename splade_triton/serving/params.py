@@ -12,7 +12,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["Param", "read_model_parameters", "RequestOptions", "REQUEST_PARAMETERS", "parse_request_options", "resembles_ours"]
+__all__ = [
+    "Param", "read_model_parameters", "RequestOptions", "REQUEST_PARAMETERS", "parse_request_options",
+    "resembles_ours", "TextOptions", "INPUT_TYPES", "OVERFLOWS", "DIRECTIONS", "parse_text_options",
+]
 
 # Parameters Triton itself understands in config.pbtxt; allowed beside ours.
 _TRITON_PARAMETERS = {"EXECUTION_ENV_PATH", "FORCE_CPU_ONLY_INPUT_TENSORS"}
@@ -73,7 +76,8 @@ class RequestOptions:
 _MAX_TOP_K = 2**31 - 1
 
 
-REQUEST_PARAMETERS = ("top_k", "min_weight")
+# Every request parameter of every step: a look-alike of any of them is refused by all.
+REQUEST_PARAMETERS = ("top_k", "min_weight", "input_type", "overflow", "truncation_direction")
 _FOLDED = {re.sub(r"[^a-z0-9]", "", name.lower()): name for name in REQUEST_PARAMETERS}
 
 
@@ -93,17 +97,15 @@ def resembles_ours(name: str) -> str | None:
     return _FOLDED[close[0]] if close else None
 
 
-def parse_request_options(parameters_json: str, defaults: RequestOptions) -> RequestOptions:
-    """Validate a request's ``top_k`` / ``min_weight`` (Triton request parameters).
+def request_parameters(parameters_json: str) -> dict[str, Any]:
+    """A request's parameters, refusing names that resemble ours but are not.
 
     Other names are ignored, so that headers a gateway forwards as request
     parameters (tritonserver ``--grpc-header-forward-pattern`` /
     ``--http-header-forward-pattern``: NVIDIA Cloud Functions, API gateways)
     do not fail requests; but a name that resembles ours (``top-k``,
-    ``topK``, ``min_wieght``: see resembles_ours) is refused, so that a
-    misspelt option never silently does nothing.
-
-    Raises ValueError with a message meant for the caller.
+    ``topK``, ``min_wieght``, ``input-type``: see resembles_ours) is refused,
+    so that a misspelt option never silently does nothing.
     """
     params = json.loads(parameters_json) if parameters_json else {}
     misspelt = sorted(name for name in params if name not in REQUEST_PARAMETERS and resembles_ours(name))
@@ -112,6 +114,15 @@ def parse_request_options(parameters_json: str, defaults: RequestOptions) -> Req
         raise ValueError(
             f"unknown request parameter(s): {hints}; supported: {', '.join(REQUEST_PARAMETERS)}"
         )
+    return params
+
+
+def parse_request_options(parameters_json: str, defaults: RequestOptions) -> RequestOptions:
+    """Validate a request's ``top_k`` / ``min_weight`` (Triton request parameters).
+
+    Raises ValueError with a message meant for the caller.
+    """
+    params = request_parameters(parameters_json)
     top_k = params.get("top_k", defaults.top_k)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= _MAX_TOP_K:
         raise ValueError(
@@ -126,3 +137,36 @@ def parse_request_options(parameters_json: str, defaults: RequestOptions) -> Req
     ):
         raise ValueError(f"min_weight must be a finite number >= 0, got {min_weight!r}")
     return RequestOptions(top_k=top_k, min_weight=float(min_weight))
+
+
+# input_type -> the side it selects ("passage": FlagEmbedding's and TEI's word for a document).
+INPUT_TYPES = {"query": "query", "document": "document", "passage": "document"}
+# What happens to a text longer than its side's max_length.
+OVERFLOWS = ("truncate", "error", "chunk")
+# Which end truncation keeps (TEI's truncation_direction): "right" drops the end.
+DIRECTIONS = ("right", "left")
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    input_type: str = "document"  # "query" | "document"
+    overflow: str = "truncate"
+    truncation_direction: str = "right"
+
+
+def parse_text_options(parameters_json: str, defaults: TextOptions = TextOptions()) -> TextOptions:
+    """Validate a request's ``input_type`` / ``overflow`` / ``truncation_direction``.
+
+    Raises ValueError with a message meant for the caller.
+    """
+    params = request_parameters(parameters_json)
+    input_type = params.get("input_type", defaults.input_type)
+    if not isinstance(input_type, str) or input_type not in INPUT_TYPES:
+        raise ValueError(f"input_type must be 'query' or 'document' (or its synonym 'passage'), got {input_type!r}")
+    overflow = params.get("overflow", defaults.overflow)
+    if not isinstance(overflow, str) or overflow not in OVERFLOWS:
+        raise ValueError(f"overflow must be one of {', '.join(OVERFLOWS)}, got {overflow!r}")
+    direction = params.get("truncation_direction", defaults.truncation_direction)
+    if not isinstance(direction, str) or direction not in DIRECTIONS:
+        raise ValueError(f"truncation_direction must be 'right' or 'left', got {direction!r}")
+    return TextOptions(INPUT_TYPES[input_type], overflow, direction)

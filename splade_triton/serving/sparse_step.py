@@ -53,11 +53,11 @@ class SparseStep:
         """The output tensors of ``request`` (at least those in ``wanted``)."""
         raise NotImplementedError
 
-    def sparse_tensors(self, sparse, wanted: set) -> list:
-        """``indices``, ``values`` and, when asked for, ``tokens`` of a SparseBatch."""
-        tensors = [pb_utils.Tensor("indices", sparse.indices), pb_utils.Tensor("values", sparse.values)]
-        if "tokens" in wanted:
-            tensors.append(pb_utils.Tensor("tokens", self.terms.lookup(sparse.indices)))
+    def sparse_tensors(self, sparse, wanted: set, prefix: str = "") -> list:
+        """``indices``, ``values`` and, when asked for, ``tokens`` of a SparseBatch (names prefixed)."""
+        tensors = [pb_utils.Tensor(f"{prefix}indices", sparse.indices), pb_utils.Tensor(f"{prefix}values", sparse.values)]
+        if f"{prefix}tokens" in wanted:
+            tensors.append(pb_utils.Tensor(f"{prefix}tokens", self.terms.lookup(sparse.indices)))
         return tensors
 
     def _respond(self, request):

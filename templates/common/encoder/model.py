@@ -7,6 +7,11 @@ SPLADE's ``pooled_logits`` [N, vocab]; BGE-M3's ``dense`` [N, hidden],
 different lengths are regrouped by length (splade_triton.serving.encoding).
 Settings: ``runtime`` (onnxruntime | openvino), ``precision`` (fp32 | bf16 |
 int8), compiled once at load (splade_triton.serving.runtime).
+
+Sides (splade_triton.serving.sides): a request's ``input_type`` routes its
+rows to its side's encoder: a graph (one shared by both sides, or each side
+its own: a query/document pair), or a static weight table (an inference-free
+query side: the weight of each distinct token, no transformer run).
 """
 
 from __future__ import annotations
@@ -18,8 +23,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from splade_triton.serving.encoding import RaggedEncoder
-from splade_triton.serving.params import Param, read_model_parameters
+from splade_triton.serving.params import Param, parse_text_options, read_model_parameters
 from splade_triton.serving.runtime import PRECISIONS, RUNTIMES, check_fidelity, model_file, open_session
+from splade_triton.serving.sides import read_export_info, read_sides
 
 _LEVELS = ("disable", "basic", "extended", "all")
 
@@ -41,62 +47,114 @@ TOKEN_OUTPUTS = {"token_weights": 0, "colbert": 1}
 DERIVED_OUTPUTS = {"colbert_lengths"}
 
 
+def static_vectors(weights: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[n, vocab]: each distinct token's weight where the mask is set (SparseStaticEmbedding)."""
+    out = np.zeros((ids.shape[0], weights.shape[0]), dtype=np.float32)
+    rows, cols = np.nonzero(mask)
+    tokens = ids[rows, cols]
+    out[rows, tokens] = weights[tokens]
+    return out
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.settings = s = read_model_parameters(config, PARAMETERS)
         folder = os.path.join(args["model_repository"], args["model_version"])
-        path = model_file(folder, s["onnx_file"], s["precision"])
-        warning = check_fidelity(os.path.join(folder, "export_info.json"), s["runtime"], s["precision"],
-                                 s["fidelity_gate"] == "enforce")
+        info_path = os.path.join(folder, "export_info.json")
+        warning = check_fidelity(info_path, s["runtime"], s["precision"], s["fidelity_gate"] == "enforce")
         if warning:
             pb_utils.Logger.log_warn(f"{args['model_name']}: {warning}")
-        self.session = open_session(path, s["runtime"], s["precision"], s["intra_op_threads"],
-                                    s["allow_spinning"], s["graph_optimization_level"])
-        names = {i.name for i in self.session.get_inputs()}
+        self.sides = read_sides(read_export_info(folder), info_path)
+        declared = [o["name"] for o in config.get("output", [])]
+        # onnx_file names the document graph (model.onnx unless set); a pair's query graph is its own.
+        graphs = {side.graph for side in self.sides.values() if side.encoder == "mlm"}
+        self.graph_of = {name: (s["onnx_file"] if side.graph == "model.onnx" else side.graph)
+                         for name, side in self.sides.items() if side.encoder == "mlm"}
+        if s["precision"] == "int8" and graphs - {"model.onnx"}:
+            raise ValueError(f"precision int8 runs the quantized document graph; {sorted(graphs - {'model.onnx'})} "
+                             "has no int8 file: serve this model in fp32 or bf16")
+        self.encoders, self.graph_outputs = {}, []
+        for graph in sorted(set(self.graph_of.values())):
+            self.encoders[graph], self.graph_outputs = self._open(folder, graph, declared)
+        self.static = {}
+        for name, side in self.sides.items():
+            if side.encoder != "static":
+                continue
+            if declared != ["pooled_logits"]:
+                raise ValueError(f"a static {name} side serves pooled_logits only; this model declares {declared}")
+            weights = np.load(os.path.join(folder, side.weights)).astype(np.float32, copy=False)
+            if weights.ndim != 1:
+                raise ValueError(f"{side.weights}: a static side's weights must be 1-D [vocab], got {weights.shape}")
+            widths = {e.vocab_size for e in self.encoders.values()}
+            if widths and widths != {weights.shape[0]}:
+                raise ValueError(f"{side.weights} has {weights.shape[0]} weights; the graphs' vocabulary is {widths}")
+            self.static[name] = weights
+            self.graph_outputs = declared
+
+    def _open(self, folder: str, graph: str, declared: list):
+        s = self.settings
+        path = model_file(folder, graph, s["precision"])
+        session = open_session(path, s["runtime"], s["precision"], s["intra_op_threads"],
+                               s["allow_spinning"], s["graph_optimization_level"])
+        names = {i.name for i in session.get_inputs()}
         if names != {"input_ids", "attention_mask"}:
             raise ValueError(f"{path} takes inputs {sorted(names)}; expected input_ids, attention_mask")
-        graph = [o.name for o in self.session.get_outputs()]
-        declared = [o["name"] for o in config.get("output", [])]
-        missing = [n for n in declared if n not in graph and n not in DERIVED_OUTPUTS]
+        outputs = [o.name for o in session.get_outputs()]
+        missing = [n for n in declared if n not in outputs and n not in DERIVED_OUTPUTS]
         if missing:
-            raise ValueError(f"{path} has outputs {sorted(graph)}; this model's config declares {', '.join(missing)}")
-        self.graph_outputs = [n for n in declared if n in graph]
-        self.encoder = RaggedEncoder(self.session, s["max_batch_tokens"],
-                                     {n: d for n, d in TOKEN_OUTPUTS.items() if n in self.graph_outputs})
+            raise ValueError(f"{path} has outputs {sorted(outputs)}; this model's config declares {', '.join(missing)}")
+        graph_outputs = [n for n in declared if n in outputs]
+        encoder = RaggedEncoder(session, s["max_batch_tokens"],
+                                {n: d for n, d in TOKEN_OUTPUTS.items() if n in graph_outputs})
+        return encoder, graph_outputs
 
     def _read(self, request):
+        """(side, (ids, mask)) of a request, or (None, a message for the caller)."""
+        try:
+            side = parse_text_options(request.parameters()).input_type
+        except ValueError as e:
+            return None, str(e)
         ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
         mask = pb_utils.get_input_tensor_by_name(request, "attention_mask").as_numpy()
         if ids.ndim != 2 or ids.shape != mask.shape:
             return None, f"input_ids {ids.shape} and attention_mask {mask.shape} must be the same 2-D shape"
-        if not mask.any(axis=1).all():
+        if side in self.static:
+            if mask.any() and int(ids[mask != 0].max()) >= self.static[side].shape[0]:
+                return None, f"a token id is beyond the {self.static[side].shape[0]} weights of the {side} side"
+        elif not mask.any(axis=1).all():
             return None, "every text needs at least one token with attention_mask 1"
-        return (ids, mask), None
+        return side, (ids, mask)
 
     def execute(self, requests):
-        inputs, wanted, errors = [], [], {}
+        results, errors, groups = {}, {}, {}
+        wanted = [set(request.requested_output_names()) for request in requests]
+        batches = {}
         for r, request in enumerate(requests):
-            batch, error = self._read(request)
-            if error:
-                errors[r] = pb_utils.TritonError(error, pb_utils.TritonError.INVALID_ARG)
+            side, batch = self._read(request)
+            if side is None:
+                errors[r] = pb_utils.TritonError(batch, pb_utils.TritonError.INVALID_ARG)
+            elif side in self.static:
+                results[r] = {"pooled_logits": static_vectors(self.static[side], *batch)}
             else:
-                inputs.append(batch)
-                wanted.append(set(request.requested_output_names()))
-        # Only what the ensembles of this execution map leaves the runtime:
-        # BGE-M3's [n, L, hidden] ColBERT tensor only for <name>_colbert.
-        union = set().union(*wanted) if wanted else set()
-        names = [n for n in self.graph_outputs if n in union]
-        results = iter(self.encoder.run(inputs, names) if names else [{} for _ in inputs])
-        batches, asked = iter(inputs), iter(wanted)
+                batches[r] = batch
+                groups.setdefault(self.graph_of[side], []).append(r)
+        for graph, members in groups.items():
+            # Only what the ensembles of this execution map leaves the runtime:
+            # BGE-M3's [n, L, hidden] ColBERT tensor only for <name>_colbert.
+            union = set().union(*(wanted[r] for r in members))
+            names = [n for n in self.graph_outputs if n in union]
+            outputs = self.encoders[graph].run([batches[r] for r in members], names) if names else [{} for _ in members]
+            results.update(zip(members, outputs))
         responses = []
         for r in range(len(requests)):
             if r in errors:
                 responses.append(pb_utils.InferenceResponse(error=errors[r]))
                 continue
-            (_, mask), result, want = next(batches), next(results), next(asked)
+            result, want = results[r], wanted[r]
             tensors = [pb_utils.Tensor(n, np.ascontiguousarray(result[n])) for n in self.graph_outputs if n in want]
             if "colbert_lengths" in want:
+                mask = batches[r][1]
                 lengths = np.maximum((mask != 0).sum(axis=1) - 1, 0).astype(np.int32)
                 tensors.append(pb_utils.Tensor("colbert_lengths", lengths.reshape(-1, 1)))
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))

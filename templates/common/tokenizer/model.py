@@ -1,13 +1,20 @@
 """Triton Python model: UTF-8 texts -> input_ids / attention_mask, for every kind.
 
-Lengths (tokens per text, special tokens included; longer texts truncated):
-``max_length`` alone gives every text one length (SPLADE); a config that
-sets ``query_max_length`` / ``document_max_length`` (BGE-M3) lets the request
-parameter ``input_type`` (query | document, "passage" a synonym; default
-document) pick one, each defaulting to ``max_length``. Only such a config
-reads ``input_type``: elsewhere it is a name like any other forwarded header.
-When the version folder holds the export's ``export_info.json``, no length
-may exceed its ``max_length`` (the model's position embeddings).
+Sides: the request parameter ``input_type`` (query | document, "passage" a
+synonym; default document) picks the side, each with its own length: the
+config's ``query_max_length`` / ``document_max_length``, else the export's
+(export_info.json ``sides``), else ``max_length``; and its own tokenization
+(an inference-free query side adds no special tokens, as
+sentence-transformers' SparseStaticEmbedding). No length may exceed the
+export's ``max_length`` (the model's position embeddings) where it has one.
+
+Long texts (``overflow``, per request, default in config): ``truncate`` (keep
+``max_length`` tokens from the ``truncation_direction`` end), ``error``
+(INVALID_ARG naming the token count), or ``chunk`` (windows of
+``max_length`` tokens sharing ``chunk_overlap``, one encoder row each; the
+rows' ``text_index`` tells the last step which text they belong to). Every
+response carries each text's ``num_tokens``, ``truncated`` and ``windows``.
+Chunking needs a pipeline whose config declares ``text_index`` (SPLADE's).
 """
 
 from __future__ import annotations
@@ -17,14 +24,18 @@ import os
 
 import triton_python_backend_utils as pb_utils
 
-from splade_triton.serving.bge_m3 import parse_input_type
-from splade_triton.serving.params import Param, RequestOptions, parse_request_options, read_model_parameters
+from splade_triton.serving.params import (
+    DIRECTIONS, OVERFLOWS, Param, RequestOptions, TextOptions, parse_request_options, parse_text_options,
+    read_model_parameters,
+)
+from splade_triton.serving.sides import SIDES, read_export_info, read_sides
 from splade_triton.serving.tokens import load_tokenizer, pad_ids, round_length
+from splade_triton.serving.windows import TextTooLong, cut, special_count
 
 _LENGTH = (lambda v: v >= 2, "an integer >= 2")
 PARAMETERS = {
     "max_length": Param(int, 512, *_LENGTH),
-    # Absent: max_length.
+    # Absent: the export's length of the side, else max_length.
     "query_max_length": Param(int, None, *_LENGTH),
     "document_max_length": Param(int, None, *_LENGTH),
     "max_text_bytes": Param(int, 65536, lambda v: v >= 1, "an integer >= 1"),
@@ -34,55 +45,77 @@ PARAMETERS = {
     # encoder takes rectangular batches (splade_triton/artifacts/shapes.py).
     "padding": Param(str, "request", lambda v: v in ("request", "batch"), "'request' or 'batch'"),
     "pad_to_multiple_of": Param(int, 1, lambda v: v >= 1, "an integer >= 1"),
+    # Request defaults of overflow / truncation_direction.
+    "overflow": Param(str, "truncate", lambda v: v in OVERFLOWS, " | ".join(OVERFLOWS)),
+    "truncation_direction": Param(str, "right", lambda v: v in DIRECTIONS, " | ".join(DIRECTIONS)),
+    # Tokens consecutive windows share (chunk); below every side's length minus its special tokens.
+    "chunk_overlap": Param(int, 0, lambda v: v >= 0, "an integer >= 0"),
+    # Encoder rows one request may make (chunk): at most the encoder's max_batch_size.
+    "max_windows": Param(int, 512, lambda v: v >= 1, "an integer >= 1"),
 }
-INPUT_TYPES = ("query", "document")
 
 # Stand-in defaults: only the request's own values are checked here.
 _ANY_OPTIONS = RequestOptions(top_k=0, min_weight=0.0)
 
 
-def _model_limit(version: str) -> tuple[int, str] | None:
-    path = os.path.join(version, "export_info.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        length = json.load(f).get("max_length")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
-        raise ValueError(f"{path}: max_length must be an integer >= 2, got {length!r}")
-    return length, path
-
-
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
+        self.name = config.get("name")
         self.settings = s = read_model_parameters(config, PARAMETERS)
-        self.typed = s["query_max_length"] is not None or s["document_max_length"] is not None
-        self.lengths = {kind: s[f"{kind}_max_length"] or s["max_length"] for kind in INPUT_TYPES}
         version = os.path.join(args["model_repository"], args["model_version"])
-        limit = _model_limit(version)
-        if limit is not None:
-            for kind, length in self.lengths.items():
-                name = f"{kind}_max_length" if self.typed else "max_length"
-                if length > limit[0]:
-                    raise ValueError(
-                        f"model parameter {name}={length} of model '{config.get('name')}' is beyond what the model "
-                        f"serves: {limit[0]} tokens (max_length of {limit[1]}: its position embeddings)"
-                    )
-        path = os.path.join(version, "tokenizer.json")
-        # One tokenizer per length: truncation is a setting of the tokenizer.
-        by_length = {n: load_tokenizer(path, n) for n in set(self.lengths.values())}
-        self.tokenizers = {kind: by_length[n] for kind, n in self.lengths.items()}
+        info = read_export_info(version)
+        sides = read_sides(info, os.path.join(version, "export_info.json"))
+        self.lengths = {side: s[f"{side}_max_length"] or sides[side].max_length or s["max_length"] for side in SIDES}
+        limit = (info or {}).get("max_length")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 2):
+            raise ValueError(f"{version}/export_info.json: max_length must be an integer >= 2, got {limit!r}")
+        for side, length in self.lengths.items():
+            if limit is not None and length > limit:
+                raise ValueError(
+                    f"model parameter {side}_max_length={length} of model '{self.name}' is beyond what the model "
+                    f"serves: {limit} tokens (max_length of {version}/export_info.json: its position embeddings)"
+                )
+        self.path = os.path.join(version, "tokenizer.json")
+        self.special = {side: sides[side].special_tokens for side in SIDES}
+        self._tokenizers = {}
+        self.n_special = {side: special_count(self._tokenizer(side, "right"), self.special[side]) for side in SIDES}
+        for side in SIDES:
+            if s["chunk_overlap"] >= self.lengths[side] - self.n_special[side]:
+                raise ValueError(
+                    f"model parameter chunk_overlap={s['chunk_overlap']} of model '{self.name}' must be below the "
+                    f"{side} side's {self.lengths[side]} tokens minus its {self.n_special[side]} special tokens"
+                )
+        self.outputs = {o["name"] for o in config.get("output", [])}
+        # The steps after this one aggregate windows only where the config routes text_index to them.
+        self.chunking = "text_index" in self.outputs
+        if s["overflow"] == "chunk" and not self.chunking:
+            raise ValueError(f"model parameter overflow=chunk of model '{self.name}': this pipeline does not chunk "
+                             "(its config has no text_index output)")
+        self.defaults = TextOptions("document", s["overflow"], s["truncation_direction"])
+
+    def _tokenizer(self, side: str, direction: str):
+        # One tokenizer per (length, direction): truncation is a setting of the tokenizer.
+        key = (self.lengths[side], direction)
+        if key not in self._tokenizers:
+            tokenizer = load_tokenizer(self.path, self.lengths[side])
+            tokenizer.enable_truncation(self.lengths[side], stride=self.settings["chunk_overlap"], direction=direction)
+            self._tokenizers[key] = tokenizer
+        return self._tokenizers[key]
 
     def _texts(self, request):
-        """(input_type, the request's texts as str, None), or (None, None, a message for the caller)."""
+        """(TextOptions, the request's texts as str, None), or (None, None, a message for the caller)."""
         try:
             # Checked here too, so a bad top_k / min_weight fails before any
             # encoder work; the sparse step applies them.
             parameters = request.parameters()
             parse_request_options(parameters, _ANY_OPTIONS)
-            input_type = parse_input_type(parameters) if self.typed else "document"
+            options = parse_text_options(parameters, self.defaults)
         except ValueError as e:
             return None, None, str(e)
+        if options.overflow == "chunk" and not self.chunking:
+            return None, None, (f"overflow 'chunk' is not served by this pipeline ({self.name}): use 'truncate' "
+                                "or 'error'")
         raw = pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)
         items = [item if isinstance(item, bytes) else str(item).encode() for item in raw]
         total, request_limit = sum(len(data) for data in items), self.settings["max_request_bytes"]
@@ -90,50 +123,75 @@ class TritonPythonModel:
             return None, None, (
                 f"the request's texts are {total} bytes in total; the limit is {request_limit} bytes (max_request_bytes)"
             )
+        # Chunked texts are encoded whole: bounded by the request's bytes and
+        # max_windows. Elsewhere tokens past max_length are thrown away, so a
+        # text is bounded on its own.
         limit = self.settings["max_text_bytes"]
         texts = []
         for i, data in enumerate(items):
-            if len(data) > limit:
+            if len(data) > limit and options.overflow != "chunk":
                 return None, None, f"text {i} is {len(data)} bytes; the limit is {limit} bytes (max_text_bytes)"
             try:
                 texts.append(data.decode("utf-8"))
             except UnicodeDecodeError as e:
                 return None, None, f"text {i} is not valid UTF-8: {e.reason} at byte {e.start}"
-        return input_type, texts, None
+        return options, texts, None
 
-    def execute(self, requests):
-        parsed, flat = [], {kind: [] for kind in INPUT_TYPES}
-        for request in requests:
-            input_type, texts, error = self._texts(request)
-            if error:
-                parsed.append((None, 0, 0, error))
-                continue
-            parsed.append((input_type, len(flat[input_type]), len(texts), None))
-            flat[input_type].extend(texts)
-        # All texts of one length in one call.
-        encodings = {
-            kind: self.tokenizers[kind].encode_batch(texts, add_special_tokens=True) if texts else []
-            for kind, texts in flat.items()
-        }
-        # Each request is padded to its own longest text, rounded up to a
+    def _tensors(self, options: TextOptions, encodings) -> list:
+        side = options.input_type
+        length = self.lengths[side]
+        try:
+            rows = cut(encodings, options.overflow, length, self.n_special[side], self.settings["chunk_overlap"],
+                       options.truncation_direction)
+        except TextTooLong as e:
+            raise ValueError(f"{e} tokens (input_type {side}); send overflow 'truncate' or 'chunk' to encode it") from None
+        if len(rows.rows) > self.settings["max_windows"]:
+            raise ValueError(f"the request's texts make {len(rows.rows)} windows of up to {length} tokens; the limit "
+                             f"is {self.settings['max_windows']} per request (max_windows): send fewer or shorter texts")
+        # Each request is padded to its own longest row, rounded up to a
         # multiple of pad_to_multiple_of, never past its max_length (a
         # fixed-shape encoder's profile ends there). With "batch" (a TensorRT
         # encoder) that multiple is the bucket width: requests of one bucket
-        # share a shape and batch together in the encoder's dynamic batcher,
-        # and forty queries never get padded to the length of a passage that
-        # arrived in the same execution. The CPU encoder regroups the texts
-        # of all requests by length itself.
-        responses = []
-        for input_type, start, count, error in parsed:
+        # share a shape and batch together in the encoder's dynamic batcher.
+        # The CPU encoder regroups the rows of all requests by length itself.
+        # At least one column: a text without tokens (an empty query of a side
+        # without special tokens) is a row of padding.
+        longest = max(1, max(len(r.ids) for r in rows.rows))
+        ids, mask = pad_ids(rows.rows, round_length(longest, self.settings["pad_to_multiple_of"], length))
+        tensors = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "text_index": rows.text_index.reshape(-1, 1),
+            "num_tokens": rows.num_tokens.reshape(-1, 1),
+            "truncated": rows.truncated.reshape(-1, 1),
+            "windows": rows.windows.reshape(-1, 1),
+        }
+        return [pb_utils.Tensor(name, value) for name, value in tensors.items() if name in self.outputs]
+
+    def execute(self, requests):
+        parsed, groups = [], {}
+        for request in requests:
+            options, texts, error = self._texts(request)
             if error:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(error, pb_utils.TritonError.INVALID_ARG)))
+                parsed.append((None, 0, 0, error))
                 continue
-            chunk = encodings[input_type][start : start + count]
-            length = round_length(max(len(e.ids) for e in chunk), self.settings["pad_to_multiple_of"], self.lengths[input_type])
-            ids, mask = pad_ids(chunk, length)
-            responses.append(
-                pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor("input_ids", ids), pb_utils.Tensor("attention_mask", mask)]
-                )
-            )
+            key = (options.input_type, options.truncation_direction)
+            group = groups.setdefault(key, [])
+            parsed.append((options, len(group), len(texts), None))
+            group.extend(texts)
+        # All texts of one side and direction in one call.
+        encodings = {
+            (side, direction): self._tokenizer(side, direction).encode_batch(texts, add_special_tokens=self.special[side])
+            for (side, direction), texts in groups.items()
+        }
+        responses = []
+        for options, start, count, error in parsed:
+            if error is None:
+                chunk = encodings[(options.input_type, options.truncation_direction)][start : start + count]
+                try:
+                    responses.append(pb_utils.InferenceResponse(output_tensors=self._tensors(options, chunk)))
+                    continue
+                except ValueError as e:
+                    error = str(e)
+            responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(error, pb_utils.TritonError.INVALID_ARG)))
         return responses

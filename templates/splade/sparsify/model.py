@@ -1,22 +1,56 @@
-"""Triton Python model: SPLADE activation and sparsification."""
+"""Triton Python model: SPLADE activation and sparsification, one vector per text.
+
+The rows it gets are the encoder's: one per text, or one per window of a
+chunked text (``text_index`` names each row's text). A text's vector is the
+max over its windows of the pooled logits (SPLADE's own max, taken across
+windows as across tokens), then the activation of the request's side
+(export_info.json ``sides``: log1p(relu), OpenSearch v3's log1p(log1p(relu)),
+or none for a static query side's weights).
+"""
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from splade_triton.serving.params import parse_text_options
+from splade_triton.serving.sides import read_export_info, read_sides
 from splade_triton.serving.sparse_step import SPARSE_OUTPUTS, SparseStep
 from splade_triton.serving.splade import activate, sparsify
+
+WINDOW_OUTPUTS = tuple(f"window_{name}" for name in SPARSE_OUTPUTS)
+
+
+def max_over_windows(pooled: np.ndarray, text_index: np.ndarray | None) -> np.ndarray:
+    """[rows, vocab] -> [texts, vocab]: the max over each text's rows (consecutive, in text order)."""
+    if text_index is None or text_index.size == 0 or text_index[-1] + 1 == text_index.size:
+        return pooled  # one row per text
+    starts = np.flatnonzero(np.r_[True, text_index[1:] != text_index[:-1]])
+    return np.maximum.reduceat(pooled, starts, axis=0)
 
 
 class TritonPythonModel(SparseStep):
     STEP = "sparsify"
 
+    def setup(self):
+        self.sides = read_sides(read_export_info(self.version), os.path.join(self.version, "export_info.json"))
+
     def tensors(self, request, options, wanted):
-        pooled = pb_utils.get_input_tensor_by_name(request, "pooled_logits").as_numpy()
-        # The sparse outputs for <name>, the vocabulary-wide vector for <name>_embedding.
+        activation = self.sides[parse_text_options(request.parameters()).input_type].activation
+        rows = pb_utils.get_input_tensor_by_name(request, "pooled_logits").as_numpy()
+        index = pb_utils.get_input_tensor_by_name(request, "text_index")
+        pooled = max_over_windows(rows, None if index is None else index.as_numpy().reshape(-1))
+        # The sparse outputs for <name>, the vocabulary-wide vector for
+        # <name>_embedding, each window's for <name>_windows.
         tensors = []
         if wanted & set(SPARSE_OUTPUTS):
-            tensors += self.sparse_tensors(sparsify(pooled, top_k=options.top_k, min_weight=options.min_weight), wanted)
+            sparse = sparsify(pooled, top_k=options.top_k, min_weight=options.min_weight, activation=activation)
+            tensors += self.sparse_tensors(sparse, wanted)
+        if wanted & set(WINDOW_OUTPUTS):
+            sparse = sparsify(rows, top_k=options.top_k, min_weight=options.min_weight, activation=activation)
+            tensors += self.sparse_tensors(sparse, wanted, prefix="window_")
         if "embedding" in wanted:
-            tensors.append(pb_utils.Tensor("embedding", activate(pooled)))
+            tensors.append(pb_utils.Tensor("embedding", activate(pooled, activation=activation)))
         return tensors
