@@ -61,6 +61,7 @@ __all__ = [
     "SpladeClient",
     "batched",
     "parse_url",
+    "parse_urls",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,17 +84,28 @@ class Endpoint:
     address: str
 
     def __str__(self) -> str:
-        return f"{self.protocol}://{self.address}"
+        return self.address if self.address.startswith(DNS_SCHEME) else f"{self.protocol}://{self.address}"
+
+
+# gRPC's own resolver: every address of a DNS name, requests spread over them
+# (round_robin), the name resolved again when a connection fails. For a
+# Kubernetes headless Service, whose name resolves to every ready pod.
+DNS_SCHEME = "dns:///"
 
 
 def parse_url(url: str, protocol: str | None = None) -> Endpoint:
-    """``grpc://host:port``, ``http://host:port``, or ``host[:port]`` with ``protocol`` (default gRPC).
+    """``grpc://host:port``, ``http://host:port``, ``dns:///host[:port]`` (gRPC, every address of
+    the name, round-robin per request), or ``host[:port]`` with ``protocol`` (default gRPC).
 
     A missing port is the protocol's default (HTTP 8000, gRPC 8001).
     """
     text = url.strip()
     if protocol is not None and protocol not in DEFAULT_PORTS:
         raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
+    if text.lower().startswith(DNS_SCHEME):
+        if protocol == "http":
+            raise ValueError(f"URL {url!r} is a gRPC name (dns:///); HTTP was asked for")
+        return Endpoint("grpc", DNS_SCHEME + parse_url(text[len(DNS_SCHEME):], "grpc").address)
     if "://" in text:
         scheme, text = text.split("://", 1)
         scheme = scheme.lower()
@@ -112,6 +124,16 @@ def parse_url(url: str, protocol: str | None = None) -> Endpoint:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"a server URL is [http:// or grpc://]host[:port]; got {url!r}")
     return Endpoint(protocol, f"{host}:{int(port)}")
+
+
+def parse_urls(urls: str | Sequence[str], protocol: str | None = None) -> list[Endpoint]:
+    """One or more servers (replicas of one service): a URL, a comma-separated list, or a
+    sequence of either; each as :func:`parse_url`. Repeated ones are kept once."""
+    parts = [urls] if isinstance(urls, str) else list(urls)
+    endpoints = [parse_url(u, protocol) for part in parts for u in part.split(",") if u.strip()]
+    if not endpoints:
+        raise ValueError("no server URL given")
+    return list(dict.fromkeys(endpoints))
 
 
 @dataclass(frozen=True)
@@ -207,6 +229,8 @@ class _Transport:
                 ("grpc.initial_reconnect_backoff_ms", 250),
                 ("grpc.min_reconnect_backoff_ms", 250),
                 ("grpc.max_reconnect_backoff_ms", 2000),
+                # Over a DNS name's addresses, per request (the default, pick_first, uses one).
+                *([("grpc.lb_policy_name", "round_robin")] if endpoint.address.startswith(DNS_SCHEME) else []),
             ])
         else:
             import tritonclient.http.aio as module
@@ -293,7 +317,10 @@ class _AsyncClient:
     """What every pipeline's asyncio client shares: the connection, retries, chunking, health.
 
     ``url``: ``grpc://host:port`` or ``http://host:port`` (or ``host:port`` and
-    ``protocol``). ``model``: the pipeline's ensemble (each client kind has its
+    ``protocol``), or several replicas of the service: a comma-separated list or
+    a sequence of URLs, over which requests are spread round-robin, with
+    failover (below); ``dns:///host:port`` lets gRPC spread them over every
+    address of a name (a Kubernetes headless Service). ``model``: the pipeline's ensemble (each client kind has its
     default). ``batch_size``: texts per request (the model's limit is 64).
     ``max_request_bytes``: UTF-8 bytes of one request's texts together (the
     server's own limit; None: no limit). ``max_in_flight``: requests
@@ -301,12 +328,16 @@ class _AsyncClient:
     request. ``retries``, ``backoff``, ``max_backoff``: a request that could not
     reach the server, or was answered UNAVAILABLE, is retried up to ``retries``
     times after exponential backoff with jitter (``backoff * 2**attempt`` seconds,
-    at most ``max_backoff``); no other error is retried.
+    at most ``max_backoff``); no other error is retried. With several
+    servers, a failed request first goes at once to each other server not yet
+    tried (also after NOT_FOUND or a server error, which can be one replica's
+    own: stopping, or a dead stub), and a server that failed is left out for a
+    while (the same backoff); only then does a retry wait.
     """
 
     DEFAULT_MODEL = "splade"
 
-    def __init__(self, url: str = DEFAULT_URL, *, protocol: str | None = None, model: str | None = None,
+    def __init__(self, url: str | Sequence[str] = DEFAULT_URL, *, protocol: str | None = None, model: str | None = None,
                  batch_size: int = MAX_BATCH_SIZE, max_request_bytes: int | None = MAX_REQUEST_BYTES,
                  max_in_flight: int = 4, timeout: float = 60.0,
                  retries: int = 4, backoff: float = 0.25, max_backoff: float = 4.0,
@@ -321,7 +352,8 @@ class _AsyncClient:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         if retries < 0 or backoff < 0 or max_backoff < 0:
             raise ValueError("retries, backoff and max_backoff must be >= 0")
-        self.endpoint = parse_url(url, protocol)
+        self.endpoints = parse_urls(url, protocol)
+        self.endpoint = self.endpoints[0]
         self.model = model or self.DEFAULT_MODEL
         self.batch_size = batch_size
         self.max_request_bytes = max_request_bytes
@@ -331,14 +363,16 @@ class _AsyncClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.headers = headers
-        self._transport: _Transport | None = None
+        self._transports: dict[Endpoint, _Transport] = {}
+        self._turn = itertools.count()
+        self._down: dict[Endpoint, tuple[float, int]] = {}  # left out until, failures in a row
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.endpoint)!r}, model={self.model!r})"
+        return f"{type(self).__name__}({self.url!r}, model={self.model!r})"
 
     @property
     def url(self) -> str:
-        return str(self.endpoint)
+        return ",".join(str(e) for e in self.endpoints)
 
     async def __aenter__(self):
         return self
@@ -348,33 +382,61 @@ class _AsyncClient:
 
     async def close(self) -> None:
         """Close the connection (the client can be used again: it reconnects)."""
-        transport, self._transport = self._transport, None
-        if transport is not None:
+        transports, self._transports = self._transports, {}
+        for transport in transports.values():
             await transport.close()
 
-    def _client(self) -> _Transport:
+    def _client(self, endpoint: Endpoint) -> _Transport:
         # Created on first use, inside the running loop: grpc.aio channels and
         # aiohttp sessions belong to the loop they were made on.
-        if self._transport is None:
-            self._transport = _Transport(self.endpoint, self.timeout, self.max_in_flight, self.headers)
-        return self._transport
+        if endpoint not in self._transports:
+            self._transports[endpoint] = _Transport(endpoint, self.timeout, self.max_in_flight, self.headers)
+        return self._transports[endpoint]
+
+    def _pick(self, tried: set[Endpoint]) -> Endpoint:
+        """The next server, round-robin, among those not ``tried`` for this request and not
+        left out after a failure; if every one is, the one left out the shortest."""
+        now = time.monotonic()
+        fresh = [e for e in self.endpoints if e not in tried] or self.endpoints
+        up = [e for e in fresh if self._down.get(e, (0.0, 0))[0] <= now]
+        choices = up or [min(fresh, key=lambda e: self._down[e][0])]
+        return choices[next(self._turn) % len(choices)]
+
+    def _failed(self, endpoint: Endpoint) -> None:
+        failures = self._down.get(endpoint, (0.0, 0))[1] + 1
+        self._down[endpoint] = (time.monotonic() + min(self.max_backoff, self.backoff * 2**failures), failures)
 
     async def _call(self, fn: Callable[[_Transport], Awaitable[T]], retries: int | None = None) -> T:
-        """``fn(transport)`` within the timeout, retried on unreachable / UNAVAILABLE only."""
+        """``fn(transport)`` within the timeout, on the next server; failed over to the
+        servers not yet tried, then retried (unreachable / UNAVAILABLE only) after a backoff."""
         retries = self.retries if retries is None else retries
-        transport = self._client()
-        for attempt in itertools.count():
+        tried: set[Endpoint] = set()
+        attempt = 0
+        while True:
+            endpoint = self._pick(tried)
+            transport = self._client(endpoint)
             try:
-                return await asyncio.wait_for(fn(transport), self.timeout)
+                result = await asyncio.wait_for(fn(transport), self.timeout)
+                self._down.pop(endpoint, None)
+                return result
             except Exception as exc:  # noqa: BLE001 - sorted into the client's errors just below
                 error = transport.error(exc, self.model)
+                tried.add(endpoint)
+                # Not retried: the request's own fault, or a deadline (it may still be running).
+                replica_fault = error.retryable or isinstance(error, (ModelNotFoundError, ServerError))
+                if replica_fault:
+                    self._failed(endpoint)
+                if replica_fault and len(tried) < len(self.endpoints):
+                    log.warning("%s; trying another server", error)
+                    continue
                 if not error.retryable or attempt >= retries:
                     raise error from exc
                 delay = min(self.max_backoff, self.backoff * 2**attempt)
                 delay = random.uniform(delay / 2, delay)
-                log.warning("%s; retry %d/%d in %.2f s", error, attempt + 1, retries, delay)
+                attempt += 1
+                log.warning("%s; retry %d/%d in %.2f s", error, attempt, retries, delay)
+                tried.clear()
                 await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
 
     async def _infer(self, texts: Sequence[str | bytes], outputs: Sequence[str],
                      parameters: dict[str, Any] | None, model: str | None = None) -> dict[str, np.ndarray]:

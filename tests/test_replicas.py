@@ -1,0 +1,192 @@
+"""Many replicas: one bulk encode spread over two real tritonservers, with failover.
+
+The replicas run as in the cluster (deploy/k8s: the launcher with
+``--model-control-mode none``, where Triton's own shutdown refuses requests
+with NOT_FOUND "unknown model" before it closes its ports). The client
+(``python -m client encode`` with two ``--url``) must finish with every text
+encoded exactly once and the same vector as an undisturbed run, while one
+replica is stopped and restarted (a rolling restart), and, in another run,
+killed with SIGKILL. Per-replica inference counts come from each server's /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.core import SpladeClient
+from tests.conftest import ROOT, Server
+
+TEXTS = 3000
+BATCH = "16"  # texts per request: ~190 requests per run, enough to see the spread
+IN_FLIGHT = "8"
+CLUSTER_MODE = ("--model-control-mode", "none")  # as deploy/k8s runs it
+WORDS = ("river bank fox jumps over the lazy dog capital of france paris city north south tower "
+         "bridge music art what is how do learned sparse retrieval index query passage").split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    rnd = random.Random(15)
+    path = tmp_path_factory.mktemp("replicas") / "corpus.jsonl"
+    with open(path, "w") as f:
+        for i in range(TEXTS):
+            text = f"{i} " + " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(4, 20)))
+            f.write(json.dumps({"id": f"t{i}", "text": text}) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def replicas(repository, tmp_path_factory):
+    """Two replicas of the service; a test may replace one (the list is updated in place)."""
+    logs = tmp_path_factory.mktemp("replica-logs")
+    servers = [Server(repository, logs / f"replica-{i}.log", launcher_args=CLUSTER_MODE) for i in range(2)]
+    try:
+        for s in servers:
+            s.wait_ready()
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def served(server: Server) -> int:
+    """Requests the replica's `splade` ensemble answered (Triton's nv_inference_request_success)."""
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as r:
+        text = r.read().decode()
+    found = re.search(r'^nv_inference_request_success\{model="splade",version="1"\} (\S+)$', text, re.M)
+    assert found, f"no nv_inference_request_success for model splade at {server.metrics_url}"
+    return int(float(found.group(1)))
+
+
+def encode(urls: list[str], corpus: Path, output: Path) -> subprocess.Popen:
+    """The bulk encode, as a user runs it: ``python -m client encode --url A --url B ...``."""
+    args = [sys.executable, "-m", "client", "encode", *[a for u in urls for a in ("--url", u)],
+            "--input", str(corpus), "--output", str(output), "--progress", "off",
+            "--batch-size", BATCH, "--max-in-flight", IN_FLIGHT, "--verbose"]
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> str:
+    """The encode's stderr (its retries, with --verbose) then stdout (its summary, last)."""
+    out, err = process.communicate(timeout=600)
+    assert process.returncode == 0, f"the encode failed ({process.returncode}): {err[-2000:]}"
+    return err + out
+
+
+def failovers(log: str) -> str:
+    """How many requests went to another server, and the distinct reasons (ports elided)."""
+    reasons = [re.sub(r"\d+", "N", line.split(": ", 1)[-1])[:110]
+               for line in log.splitlines() if line.endswith("trying another server")]
+    return f"{len(reasons)} fail-overs {sorted(set(reasons))}"
+
+
+def lines_in(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def wait_for_lines(path: Path, n: int, process: subprocess.Popen) -> None:
+    while lines_in(path) < n:
+        assert process.poll() is None, f"the encode ended before {n} vectors were written: {finish(process)}"
+        time.sleep(0.05)
+
+
+def vectors(path: Path) -> dict[str, tuple[list, list]]:
+    """id -> (indices, values); fails if an id is written twice."""
+    out: dict[str, tuple[list, list]] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        assert record["id"] not in out, f"text {record['id']} was written twice"
+        out[record["id"]] = (record["indices"], record["values"])
+    return out
+
+
+def assert_same(got: dict, expected: dict) -> None:
+    assert len(got) == len(expected) == TEXTS, (len(got), len(expected))
+    for key, (indices, values) in expected.items():
+        assert got[key][0] == indices, f"text {key}: other terms than the undisturbed run"
+        np.testing.assert_allclose(got[key][1], values, atol=1e-4, err_msg=f"text {key}")
+
+
+@pytest.fixture(scope="module")
+def undisturbed(replicas, corpus, tmp_path_factory) -> dict:
+    """The reference: the same encode with both replicas up (one comma-separated --url)."""
+    output = tmp_path_factory.mktemp("undisturbed") / "vectors.jsonl"
+    before = [served(s) for s in replicas]
+    log = finish(encode([",".join(f"grpc://{s.grpc_url}" for s in replicas)], corpus, output))
+    counts = [served(s) - b for s, b in zip(replicas, before)]
+    result = vectors(output)
+    assert len(result) == TEXTS, log[-2000:]
+    # Round-robin: each replica answers about half of the requests.
+    assert min(counts) >= 0.3 * sum(counts), f"requests per replica: {counts}"
+    return result, f"undisturbed: requests per replica {counts}; {log.strip().splitlines()[-1]}"
+
+
+def test_the_load_is_spread_over_replicas(undisturbed, capsys):
+    with capsys.disabled():
+        print(f"\n{undisturbed[1]}")
+
+
+def test_rolling_restart_of_a_replica_loses_no_text(replicas, corpus, undisturbed, tmp_path, capsys):
+    first, other = replicas
+    output = tmp_path / "vectors.jsonl"
+    before = [served(s) for s in replicas]
+    process = encode([f"grpc://{first.grpc_url}", f"grpc://{other.grpc_url}"], corpus, output)
+    wait_for_lines(output, TEXTS // 10, process)
+    at_stop = served(first) - before[0]
+    first.send_signal(signal.SIGTERM)  # what Kubernetes sends after the preStop delay
+    assert first.process.wait(120) == 0, first.log()[-3000:]
+    written_at_stop = lines_in(output)
+    ports = (first.http_port, first.grpc_port, first.metrics_port)
+    replacement = Server(first.repository, first.log_path.with_name("replica-0-restarted.log"),
+                         launcher_args=CLUSTER_MODE, ports=ports)
+    replicas[0] = replacement
+    replacement.wait_ready()
+    back_at = lines_in(output)
+    log = finish(process)
+    counts = (at_stop, served(replacement), served(other) - before[1])
+    assert_same(vectors(output), undisturbed[0])
+    assert at_stop > 0 and counts[2] > 0, f"requests per replica: {counts}"
+    with capsys.disabled():
+        print(f"\nrolling restart: replica 0 stopped at {written_at_stop}/{TEXTS} texts, back at {back_at}; "
+              f"requests: replica 0 {at_stop} before its stop + {counts[1]} after its restart, replica 1 {counts[2]}; "
+              f"{failovers(log)}; {log.strip().splitlines()[-1]}")
+
+
+def test_a_replica_killed_with_sigkill_loses_no_text(replicas, corpus, undisturbed, tmp_path, capsys):
+    survivor, victim = replicas
+    output = tmp_path / "vectors.jsonl"
+    before = [served(s) for s in replicas]
+    process = encode([f"http://{survivor.http_url}", f"http://{victim.http_url}"], corpus, output)
+    wait_for_lines(output, TEXTS // 4, process)
+    at_kill = served(victim) - before[1]
+    os.kill(victim.tritonserver_pid(), signal.SIGKILL)  # a crash: no drain, no goodbye
+    killed_at = lines_in(output)
+    log = finish(process)
+    counts = (served(survivor) - before[0], at_kill)
+    assert_same(vectors(output), undisturbed[0])
+    assert counts[1] > 0 and counts[0] > 0, f"requests per replica: {counts}"
+    with capsys.disabled():
+        print(f"\nSIGKILL: replica 1 killed at {killed_at}/{TEXTS} texts; requests: replica 0 {counts[0]}, "
+              f"replica 1 {counts[1]} before the kill; {failovers(log)}; "
+              f"{log.strip().splitlines()[-1]}")
+
+
+def test_grpc_spreads_over_the_addresses_of_a_dns_name(replicas):
+    # gRPC's dns resolver and round_robin, as on a headless Service's name;
+    # here one replica behind "localhost" (which may also resolve to ::1, not served).
+    server = next(s for s in replicas if s.process.poll() is None)
+    with SpladeClient(f"dns:///localhost:{server.grpc_port}") as client:
+        vector = client.encode("what is the capital of france", top_k=2, return_tokens=True)
+    assert vector.tokens == ("capital", "france")
