@@ -28,6 +28,19 @@ BGEM3FlagModel on the same directory (tolerance 1e-5). A model over 1.5 GB
 ``model.onnx.data`` beside ``model.onnx``.
 
     python -m export.export_onnx --model build/models/bge-m3-tiny-src --output build/models/bge-m3-tiny
+
+A directory saved by sentence-transformers' SparseEncoder (``modules.json``),
+or OpenSearch's layout (``idf.json`` beside a masked-LM checkpoint), is
+exported with its query and document sides (splade_triton/artifacts/asymmetric.py):
+``model.onnx`` (the document encoder), ``query.onnx`` (a query/document pair's
+query encoder) or ``query_weights.npy`` (an inference-free query side: a weight
+per token id), and export_info.json ``layout`` and ``sides`` (each side's
+encoder, activation, special tokens and truncation length, read from the
+model's files; ``--max-length`` does not apply). Each side is validated
+against sentence-transformers' own ``encode_query`` / ``encode_document`` on
+the same directory (tolerance 1e-4, same non-zero terms).
+
+    python -m export.export_onnx --model build/models/splade-router-tiny-src --output build/models/splade-router-tiny
 """
 
 from __future__ import annotations
@@ -38,7 +51,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from splade_triton.artifacts import bge_m3, reference
+from splade_triton.artifacts import asymmetric, bge_m3, reference
 from splade_triton.artifacts.onnx_graph import ExportError, export, validate, write_exported
 from splade_triton.artifacts.repository import assemble, default_pipelines
 from splade_triton.artifacts.texts import VARIED_TEXTS
@@ -65,7 +78,12 @@ def main(argv: list[str] | None = None) -> None:
                              "the pipelines whose spec names the output serve the new export")
     args = parser.parse_args(argv)
 
-    output = export_bge_m3(args) if bge_m3.is_layout(args.model) else export_splade(args)
+    if bge_m3.is_layout(args.model):
+        output = export_bge_m3(args)
+    elif asymmetric.is_layout(args.model):
+        output = export_sides(args)
+    else:
+        output = export_splade(args)
     if args.repository is not None:
         install(output, args.repository)
 
@@ -115,6 +133,19 @@ def export_splade(args) -> Path:
     print(f"wrote model.onnx, tokenizer files and export_info.json to {output}"
           + (f" (the model's vocabulary, {model_vocab}, is padded beyond the tokenizer's {tokenizer_vocab})"
              if model_vocab != tokenizer_vocab else ""))
+    return output
+
+
+def export_sides(args) -> Path:
+    """Export, validate and write a sentence-transformers or OpenSearch directory (see asymmetric)."""
+    started = time.time()
+    try:
+        print(f"exporting {args.model} ({asymmetric.detect(args.model)} layout)")
+        output = asymmetric.export(args.model, args.output or Path("build/models") / Path(args.model).name,
+                                   args.opset, 1e-4 if args.tolerance is None else args.tolerance)
+    except (ExportError, reference.CheckpointError) as e:
+        raise SystemExit(f"export_onnx: {e}") from None
+    print(f"wrote {', '.join(sorted(p.name for p in output.iterdir()))} to {output} in {time.time() - started:.1f} s")
     return output
 
 
