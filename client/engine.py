@@ -1,15 +1,22 @@
 """The search engine behind ``index`` / ``search`` / ``evaluate --retriever``: Milvus.
 
 One collection per corpus and pipeline holds, per document, its id, its text,
-the text's BM25 vector (computed by the engine's own BM25 function and
-analyzer: standard tokenizer, lowercase, English stop words and stemmer), the
-pipeline's sparse vector (SPLADE weights or BGE-M3 lexical weights) and, for
-BGE-M3, its dense vector. Sparse fields have an inverted index searched by
-inner product (BM25 by its own metric), the dense field a FLAT (exact) index.
+its BM25 terms and their BM25 vector, the pipeline's sparse vector (SPLADE
+weights or BGE-M3 lexical weights) and, for BGE-M3, its dense vector. Sparse
+fields have an inverted index searched by inner product, BM25 by the engine's
+own BM25 function and metric (k1 1.5, b 0.75 by default), the dense field a
+FLAT (exact) index.
 
-The same code runs on Milvus Lite, the Milvus engine embedded in this process
-with its data in a local file (``uri`` is a path ending in ``.db``: nothing to
-run), and on a Milvus server or cluster (``uri`` is ``http://host:19530``).
+The BM25 terms are analysed here, by bm25s's tokenizer with English stop words
+and the Snowball stemmer (PyStemmer), the project's BM25 baseline elsewhere, and
+stored space-separated; the engine only splits them again (``\w+``). So BM25
+is the same on Milvus Lite, whose analyzer has no stemmer, and on a server.
+
+The same code runs on Milvus Lite (``uri`` is a local path ending in ``.db``:
+the data in a folder, nothing to run) and on a Milvus server or cluster (``uri``
+is ``http://host:19530``). Milvus Lite 3.x runs in this process and speaks
+Milvus' API, but it is a Python re-implementation (faiss, pyarrow), not the
+Milvus engine: the server is (docs/retrieval.md).
 
 A collection remembers which pipeline wrote it (collection properties): a
 pipeline, kind or dense size that does not match is refused before any write.
@@ -36,11 +43,25 @@ DEFAULT_ENGINE = "build/index/milvus.db"
 # The Triton tokenizer refuses texts over 65536 bytes; Milvus' VARCHAR holds at most 65535.
 MAX_TEXT_BYTES = 65535
 MAX_ID_BYTES = 512
-# English BM25 as bm25s is used elsewhere in the project (stop words + Snowball stemmer).
-ANALYZER = {"tokenizer": "standard",
-            "filter": ["lowercase", {"type": "stop", "stop_words": ["_english_"]},
-                       {"type": "stemmer", "language": "english"}]}
+# The engine splits the pre-analysed terms again and does nothing else to them.
+ANALYZER = {"tokenizer": "standard"}
+BM25_ANALYSIS = "bm25s en stop words, Snowball english stemmer"
 _PREFIX = "splade_triton."
+_stemmer = None
+
+
+def bm25_terms(texts: Sequence[str]) -> list[str]:
+    """Each text's BM25 terms, space-separated: bm25s's tokenizer (words of 2+ characters,
+    lowercased), English stop words removed, Snowball-stemmed."""
+    global _stemmer
+    import bm25s
+
+    if _stemmer is None:
+        import Stemmer
+
+        _stemmer = Stemmer.Stemmer("english")
+    tokens = bm25s.tokenize(list(texts), stopwords="en", stemmer=_stemmer, return_ids=False, show_progress=False)
+    return [" ".join(t) for t in tokens]
 
 
 class EngineError(SpladeError):
@@ -102,7 +123,10 @@ class Engine:
             except OSError as exc:
                 raise EngineError(f"cannot create the engine's folder {parent}: {exc.strerror}") from None
         try:
-            self._client = MilvusClient(uri=uri, timeout=timeout)
+            # Milvus Lite's in-process gRPC server answers pymilvus' 10 s keepalive pings with GOAWAY
+            # "too_many_pings" (logged by gRPC); nothing sits between them to keep alive.
+            local = {} if "://" in uri else {"grpc_options": {"grpc.keepalive_time_ms": 2**31 - 1}}
+            self._client = MilvusClient(uri=uri, timeout=timeout, **local)
         except Exception as exc:  # pymilvus raises MilvusException and others (bad URI, lock held)
             raise EngineError(f"cannot reach the search engine at {uri}: {_one_line(exc)}") from None
         self.dense_dim = self._check(recreate)
@@ -130,6 +154,10 @@ class Engine:
             raise EngineError(f"collection {self.collection!r} at {self.uri} holds vectors of pipeline "
                               f"{theirs[0]!r} ({theirs[1]}); this run uses {self.pipeline!r} ({self.kind}): "
                               "choose another --collection, or --recreate it")
+        if props.get(_PREFIX + "bm25_analysis") != BM25_ANALYSIS and not recreate:
+            raise EngineError(f"collection {self.collection!r} at {self.uri} was analysed for BM25 by "
+                              f"{props.get(_PREFIX + 'bm25_analysis')!r}, this client uses {BM25_ANALYSIS!r}: "
+                              "--recreate it")
         self._call("load_collection", self._client.load_collection, self.collection)
         dims = [f["params"].get("dim") for f in info["fields"] if f["name"] == "dense"]
         return int(dims[0]) if dims else 0
@@ -144,19 +172,21 @@ class Engine:
         c = self._client
         schema = c.create_schema(auto_id=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
-        schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES, enable_analyzer=True,
+        schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
+        schema.add_field("terms", DataType.VARCHAR, max_length=MAX_TEXT_BYTES, enable_analyzer=True,
                          analyzer_params=ANALYZER)
         schema.add_field("bm25", DataType.SPARSE_FLOAT_VECTOR)
         schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-        schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25,
-                                     input_field_names=["text"], output_field_names=["bm25"]))
+        schema.add_function(Function(name="terms_bm25", function_type=FunctionType.BM25,
+                                     input_field_names=["terms"], output_field_names=["bm25"]))
         index = c.prepare_index_params()  # exact search: inverted lists scored in full, FLAT dense
         index.add_index("bm25", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
         if dense_dim:
             schema.add_field("dense", DataType.FLOAT_VECTOR, dim=dense_dim)
             index.add_index("dense", index_type="FLAT", metric_type="IP")
-        props = {_PREFIX + "pipeline": self.pipeline, _PREFIX + "kind": self.kind}
+        props = {_PREFIX + "pipeline": self.pipeline, _PREFIX + "kind": self.kind,
+                 _PREFIX + "bm25_analysis": BM25_ANALYSIS}
         self._call("create_collection", c.create_collection, self.collection, schema=schema, index_params=index,
                    properties=props)
         self.dense_dim = dense_dim
@@ -184,10 +214,10 @@ class Engine:
                               f"{self.dense_dim}; this pipeline gives {dim}: another model under the same name? "
                               "choose another --collection, or --recreate it")
         rows = []
-        for n, (i, text, vector) in enumerate(zip(ids, texts, sparse)):
+        for n, (i, text, terms, vector) in enumerate(zip(ids, texts, bm25_terms(texts), sparse)):
             if len(i.encode("utf-8")) > MAX_ID_BYTES:
                 raise EngineError(f"id {i[:40]!r}... is over {MAX_ID_BYTES} bytes, the engine's limit")
-            row = {"id": i, "text": _clip(text), "sparse": _sparse(vector)}
+            row = {"id": i, "text": _clip(text), "terms": _clip(terms), "sparse": _sparse(vector)}
             if dim:
                 row["dense"] = np.asarray(dense[n], dtype=np.float32).tolist()
             rows.append(row)

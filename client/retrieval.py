@@ -2,7 +2,8 @@
 
 Retrievers (``--retriever``):
 
-- ``bm25``: the engine's BM25 over the stored text (the engine's analyzer);
+- ``bm25``: the engine's BM25 over the documents' terms (analysed by bm25s: English stop
+  words, Snowball stemmer; :mod:`client.engine`);
 - ``sparse``: the pipeline's sparse vectors (SPLADE weights, BGE-M3 lexical weights), inner product;
 - ``dense``: BGE-M3's dense vectors, inner product (cosine: they are L2-normalised);
 - ``colbert``: BGE-M3's ColBERT score (FlagEmbedding's ``colbert_score``) re-ranking the
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .core import BgeM3Client, SpladeClient, batched
-from .engine import Engine, Request
+from .engine import Engine, Request, bm25_terms
 from .m3 import colbert_scores
 
 __all__ = ["DEFAULT_WEIGHTS", "FUSIONS", "RETRIEVERS", "IndexReport", "Retriever", "index_documents",
@@ -155,7 +156,7 @@ class Retriever:
         requests = []
         for part in parts:
             if part == "bm25":
-                data = list(queries)
+                data = bm25_terms(queries)
             elif part == "sparse":
                 data = [{int(i): float(v) for i, v in zip(q["sparse"].indices, q["sparse"].values)} for q in encoded]
             else:
