@@ -15,6 +15,8 @@
 #   SPLADE_ADMIN_KEY       Triton's repository/shm/trace/logging APIs need it (unset: a random key
 #                          only the launcher knows)
 #   SPLADE_DRAIN_TIMEOUT_S seconds in-flight requests get after SIGTERM (default 30)
+#   SPLADE_MODEL_CONTROL_MODE explicit (default: stub recovery and the drain) | none (no model
+#                          loading or unloading at all; deploy/k8s/overlays/gpu)
 set -euo pipefail
 
 # NVIDIA's entrypoint first, once, when the base image has it (it sets up
@@ -46,5 +48,6 @@ exec python3 -m splade_triton.launcher \
   --model-repository "$repository" \
   --host 0.0.0.0 \
   --drain-timeout "${SPLADE_DRAIN_TIMEOUT_S:-30}" \
+  --model-control-mode "${SPLADE_MODEL_CONTROL_MODE:-explicit}" \
   --exit-timeout 30 \
   -- "$@"

@@ -1,0 +1,322 @@
+"""deploy/k8s: every kustomization renders (kubectl kustomize), validates strictly against the
+Kubernetes schemas offline (kubernetes-validate), and keeps the invariants the service needs."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from splade_triton.launcher.tritonserver import Installation, ServerOptions, command
+from tests.conftest import ROOT
+
+K8S = ROOT / "deploy" / "k8s"
+KUSTOMIZATIONS = ("overlays/cpu", "overlays/gpu", "monitoring", "kserve")
+KUBERNETES_VERSIONS = ("1.30.0", "1.33.0")  # the oldest still served upstream at writing, and the newest schemas
+CRD_GROUPS = {"monitoring.coreos.com", "serving.kserve.io"}  # no schema in kubernetes-validate: checked below
+LAUNCHER_KILL_MARGIN_S = 10  # serve.py waits exit_timeout + 10 s for tritonserver before SIGKILL
+MIB = 2**20
+
+
+def render(directory: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is not installed: it renders the kustomizations (kubectl kustomize)")
+    done = subprocess.run([kubectl, "kustomize", str(K8S / directory)], capture_output=True, text=True)
+    assert done.returncode == 0, f"kubectl kustomize {directory}: {done.stderr.strip()}"
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    return {d: render(d) for d in KUSTOMIZATIONS}
+
+
+def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def flags(args: list[str]) -> dict[str, str]:
+    """``--name=value`` arguments by name."""
+    out = {}
+    for arg in args:
+        name, sep, value = arg.partition("=")
+        assert sep and name.startswith("--"), f"arguments are written --name=value here, got {arg!r}"
+        out[name] = value
+    return out
+
+
+def quantity(text) -> float:
+    """A Kubernetes quantity in base units (bytes, cores)."""
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9}
+    number, unit = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(text)).groups()
+    return float(number) * units.get(unit, 1)
+
+
+# --- schemas -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS)
+def test_renders_and_validates_strictly(rendered, directory):
+    import kubernetes_validate
+    from kubernetes_validate.utils import SchemaNotFoundError
+
+    docs = rendered[directory]
+    assert docs
+    for doc in docs:
+        group = doc["apiVersion"].rpartition("/")[0]
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except SchemaNotFoundError:
+                # Only custom resources may lack a schema (autoscaling/v2beta2 would land here too).
+                assert group in CRD_GROUPS, f"{doc['kind']} {doc['apiVersion']}: no Kubernetes {version} schema"
+            except kubernetes_validate.ValidationError as e:
+                pytest.fail(f"{directory}: {doc['kind']} {doc['metadata']['name']} invalid for {version}: {e.message}")
+
+
+def test_strict_validation_refuses_a_misspelt_field(rendered):
+    import kubernetes_validate
+
+    deployment = one(rendered["overlays/cpu"], "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePulPolicy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[0], strict=True)
+
+
+def test_every_image_is_the_pinned_project_image(rendered):
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    triton_tag = re.search(r"^ARG TRITON_TAG=(\S+)", dockerfile, re.M).group(1)  # e.g. 25.01-py3
+    images = {c["image"] for docs in rendered.values() for d in docs
+              for c in (d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+                        + d.get("spec", {}).get("containers", []))}
+    assert images, "no container found"
+    for image in images:
+        name, _, tag = image.rpartition(":")
+        assert name and tag and tag != "latest", f"unpinned image {image}"
+        assert triton_tag.startswith(tag), f"{image}: the image is built on tritonserver {triton_tag}"
+
+
+# --- the Deployment ----------------------------------------------------------------------------
+
+
+def shm_needed(repository: Path) -> int:
+    """Bytes of /dev/shm the repository's Python-backend stubs need: each starts with the launcher's
+    shm-default-byte-size and grows in steps; 3 stubs went from 48 to 112 MiB under overload
+    (docs/reliability.md), so four times the start size per stub."""
+    cmd = command(ServerOptions(str(repository)), Installation(Path("tritonserver"), Path("backends"), "ngc"))
+    default = int(next(a for a in cmd if "shm-default-byte-size=" in a).rpartition("=")[2])
+    stubs = 0
+    for config in repository.glob("*/config.pbtxt"):
+        text = config.read_text()
+        if re.search(r'backend:\s*"python"', text):
+            counts = re.findall(r"count:\s*(\d+)", text)
+            stubs += sum(int(c) for c in counts) or 1
+    assert stubs, f"no Python-backend model in {repository}"
+    return 4 * stubs * default
+
+
+def container_spec(docs: list[dict]) -> tuple[dict, dict, dict]:
+    deployment = one(docs, "Deployment", "splade")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    return deployment, pod, container
+
+
+def launcher_settings(overlay: str, container: dict) -> dict[str, str]:
+    """The launcher's effective arguments: the container's, or for the GPU image its entrypoint's."""
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    if overlay == "overlays/gpu":
+        assert container["command"] == ["/opt/splade/docker/entrypoint.sh"]
+        entrypoint = (ROOT / "docker" / "entrypoint.sh").read_text()
+        assert '--model-control-mode "${SPLADE_MODEL_CONTROL_MODE:-explicit}"' in entrypoint
+        exit_timeout = re.search(r"--exit-timeout (\d+)", entrypoint).group(1)
+        return {"--model-control-mode": env["SPLADE_MODEL_CONTROL_MODE"], "--exit-timeout": exit_timeout,
+                "--host": re.search(r"--host (\S+)", entrypoint).group(1),
+                "--http-port": "8000", "--grpc-port": "8001", "--metrics-port": "8002"}  # the launcher's defaults
+    assert container["command"] == ["python3", "-m", "splade_triton.launcher"]
+    return flags(container["args"])
+
+
+@pytest.mark.parametrize("overlay", ["overlays/cpu", "overlays/gpu"])
+def test_the_deployment(rendered, overlay, repository, bge_m3_repository):
+    docs = rendered[overlay]
+    deployment, pod, container = container_spec(docs)
+    settings = launcher_settings(overlay, container)
+    assert settings["--model-control-mode"] == "none"
+    assert settings["--host"] == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": int(settings["--http-port"]), "grpc": int(settings["--grpc-port"]),
+                     "metrics": int(settings["--metrics-port"])}
+
+    # Probes: ready means every model loaded (the launcher's --strict-readiness=true); the
+    # start-up window fits the loading (the GPU image builds its TensorRT plan first).
+    assert "--strict-readiness=true" in command(ServerOptions("r"), Installation(Path("t"), Path("b"), "ngc"))
+    for probe, path in (("startupProbe", "/v2/health/ready"), ("readinessProbe", "/v2/health/ready"),
+                        ("livenessProbe", "/v2/health/live")):
+        get = container[probe]["httpGet"]
+        assert get["path"] == path and get["port"] in ports, f"{probe}: {get}"
+    startup = container["startupProbe"]
+    window = startup["periodSeconds"] * startup["failureThreshold"]
+    if overlay == "overlays/gpu":
+        compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+        start_period = compose["services"]["splade"]["healthcheck"]["start_period"]
+        assert window >= int(start_period.rstrip("m")) * 60, f"start-up window {window} s < compose's {start_period}"
+    else:
+        assert window >= 300, f"start-up window {window} s"
+
+    # Volumes: a memory-backed /dev/shm big enough for the Python backend, a writable /tmp.
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    shm = volumes[mounts["/dev/shm"]]["emptyDir"]
+    assert shm["medium"] == "Memory"
+    needed = shm_needed(repository) + shm_needed(bge_m3_repository)
+    assert quantity(shm["sizeLimit"]) >= needed, f"/dev/shm {shm['sizeLimit']} < {needed / MIB:.0f} MiB"
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+    # Least privilege.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert pod["automountServiceAccountToken"] is False
+
+    # Resources; the memory-backed /dev/shm counts against the memory limit.
+    resources = container["resources"]
+    for kind in ("cpu", "memory"):
+        assert kind in resources["requests"], f"no {kind} request"
+    assert quantity(resources["limits"]["memory"]) > quantity(shm["sizeLimit"]) + quantity(resources["requests"]["memory"]) / 2
+    if overlay == "overlays/gpu":
+        assert resources["limits"]["nvidia.com/gpu"] == 1
+
+    # Shutdown: the preStop delay, then Triton's exit timeout and the launcher's margin, all
+    # within the grace period (or the kubelet's SIGKILL cuts them short).
+    sleep_command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep_command[0] == "sleep"
+    needed_s = int(sleep_command[1]) + int(settings["--exit-timeout"]) + LAUNCHER_KILL_MARGIN_S
+    assert pod["terminationGracePeriodSeconds"] >= needed_s, (pod["terminationGracePeriodSeconds"], needed_s)
+
+    # Rolling updates never go below the replicas asked for; the PDB keeps one during drains.
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] >= 1
+
+    # What the pod reads exists in the same render.
+    sources = container["envFrom"]
+    config_maps = {d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"}
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    for source in sources:
+        if "configMapRef" in source:
+            assert source["configMapRef"]["name"] in config_maps
+        else:
+            assert set(secrets[source["secretRef"]["name"]]["stringData"]) >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert config_map["data"]["MODEL_REPOSITORY"].startswith("s3://")
+    assert pod["serviceAccountName"] in {d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"}
+
+
+@pytest.mark.parametrize("overlay", ["overlays/cpu", "overlays/gpu"])
+def test_services_reach_named_container_ports(rendered, overlay):
+    docs = rendered[overlay]
+    _, pod, container = container_spec(docs)
+    labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    for service in services.values():
+        assert service["spec"]["selector"].items() <= labels.items(), service["metadata"]["name"]
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in ports, f"{service['metadata']['name']}: no container port {port['targetPort']}"
+    http = services["splade"]["spec"]
+    assert http.get("type", "ClusterIP") == "ClusterIP" and {p["name"] for p in http["ports"]} == {"http", "metrics"}
+    grpc = services["splade-grpc"]["spec"]
+    assert grpc["clusterIP"] == "None"  # headless: the name resolves to every ready pod
+    # Clients reach the pods' own port: the Service port must be the container's.
+    assert [(p["port"], ports[p["targetPort"]]) for p in grpc["ports"]] == [(ports["grpc"], ports["grpc"])]
+
+
+# --- autoscaling ---------------------------------------------------------------------------------
+
+
+def recording_rule() -> dict:
+    rule = yaml.safe_load((K8S / "monitoring" / "prometheus-rule.yaml").read_text())
+    (group,) = rule["spec"]["groups"]
+    (recorded,) = group["rules"]
+    return recorded
+
+
+def adapter_metric() -> tuple[str, str]:
+    """(the series prometheus-adapter reads, the metric name it serves), by the adapter's own rule."""
+    values = yaml.safe_load((K8S / "monitoring" / "prometheus-adapter-values.yaml").read_text())
+    (rule,) = values["rules"]["custom"]
+    series = re.match(r"[A-Za-z_:][A-Za-z0-9_:]*", rule["seriesQuery"]).group(0)
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+    # The adapter's name.as uses ${1}; Python's re uses \1.
+    served = re.sub(rule["name"]["matches"], rule["name"]["as"].replace("${1}", r"\1"), series)
+    return series, served
+
+
+@pytest.mark.parametrize("overlay", ["overlays/cpu", "overlays/gpu"])
+def test_the_hpa_asks_for_the_metric_the_adapter_serves(rendered, overlay):
+    docs = rendered[overlay]
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", one(docs, "Deployment")["metadata"]["name"])
+    assert hpa["spec"]["minReplicas"] >= 2
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Pods"
+    series, served = adapter_metric()
+    assert series == recording_rule()["record"], "the adapter reads another series than the rule records"
+    assert metric["pods"]["metric"]["name"] == served
+
+
+def test_the_rule_groups_per_pod_and_names_a_model_of_the_repository(repository):
+    expr = recording_rule()["expr"]
+    models = set(re.findall(r'model="([^"]+)"', expr))
+    assert models, "the rule selects no model"
+    for model in models:
+        assert (repository / model / "config.pbtxt").is_file(), f"the rule's model {model!r} is not in the repository"
+    assert expr.count("sum by (namespace, pod)") == 2
+
+
+def test_monitoring_selects_the_pods_metrics_port(rendered):
+    podmonitor = one(rendered["monitoring"], "PodMonitor")
+    labels = one(rendered["overlays/cpu"], "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert podmonitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert [e["port"] for e in podmonitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+
+
+# --- KServe --------------------------------------------------------------------------------------
+
+
+def test_kserve_runtime_and_inference_service(rendered):
+    docs = rendered["kserve"]
+    runtime = one(docs, "ServingRuntime")
+    service = one(docs, "InferenceService")
+    (container,) = runtime["spec"]["containers"]
+    # The /dev/shm KServe's own Triton runtime lacks.
+    volumes = {v["name"]: v for v in runtime["spec"]["volumes"]}
+    (shm,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    assert volumes[shm["name"]]["emptyDir"]["medium"] == "Memory"
+    settings = flags(container["args"])
+    assert settings["--model-repository"] == "/mnt/models"  # where the storage initializer puts storageUri
+    assert settings["--model-control-mode"] == "none"
+    assert [p["containerPort"] for p in container["ports"]] == [int(settings["--http-port"])] == [8080]
+    assert "triton" in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    assert "v2" in runtime["spec"]["protocolVersions"]
+
+    predictor = service["spec"]["predictor"]
+    model = predictor["model"]
+    assert model["modelFormat"]["name"] == "triton" and model["protocolVersion"] == "v2"
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["storageUri"].startswith("s3://")
+    account = one(docs, "ServiceAccount", predictor["serviceAccountName"])
+    (secret_ref,) = account["secrets"]
+    secret = one(docs, "Secret", secret_ref["name"])
+    assert "serving.kserve.io/s3-endpoint" in secret["metadata"]["annotations"]
+    assert set(secret["stringData"]) >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
