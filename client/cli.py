@@ -91,8 +91,15 @@ def _client(args: argparse.Namespace) -> SpladeClient | BgeM3Client:
     return cls(args.url, **_settings(args))
 
 
+def _sides(args: argparse.Namespace) -> dict[str, Any]:
+    """The side and long-text handling a SPLADE embed/encode asks for (None: the server's default)."""
+    return dict(input_type=args.input_type, overflow=args.overflow)
+
+
 def _m3_asked(args: argparse.Namespace) -> dict[str, Any]:
     """What a BGE-M3 embed/encode asks for."""
+    if args.overflow == "chunk":
+        raise CommandError("--overflow chunk is for SPLADE pipelines: a BGE-M3 one takes 8192 tokens per text")
     if not (args.dense or args.sparse or args.colbert):
         raise CommandError("nothing to compute: --no-dense and --no-sparse without --colbert")
     return dict(return_dense=args.dense, return_sparse=args.sparse, return_colbert_vecs=args.colbert,
@@ -155,7 +162,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             embeddings = client.encode(texts, return_tokens=args.format in ("human", "native"), **_m3_asked(args))
         else:
             vectors = client.encode(texts, top_k=args.top_k, min_weight=args.min_weight,
-                                    return_tokens=args.format in ("human", "native"))
+                                    return_tokens=args.format in ("human", "native"), **_sides(args))
     if isinstance(client, BgeM3Client):
         if args.format == "human":
             for i, (text, embedding) in enumerate(zip(texts, embeddings)):
@@ -230,7 +237,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
                 line = embedding_line
             else:
                 results = client.encode_batches(batches, top_k=args.top_k, min_weight=args.min_weight,
-                                                return_tokens=args.tokens)
+                                                return_tokens=args.tokens, **_sides(args))
                 line = vector_line
             try:
                 for ids, vectors in results:
@@ -579,7 +586,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--sparse", action=argparse.BooleanOptionalAction, default=True,
                        help="the lexical weights (default on)")
     group.add_argument("--colbert", action="store_true", help="also the ColBERT vectors (the <model>_colbert ensemble)")
-    group.add_argument("--input-type", choices=INPUT_TYPES, help="query or document length limit (default: the server's)")
+    group = m3.add_argument_group("sides and long texts")
+    group.add_argument("--input-type", choices=INPUT_TYPES,
+                       help="query or document: the side of an asymmetric model (an inference-free query side, a "
+                            "query/document pair) and its length limit (default: the server's, document)")
+    group.add_argument("--overflow", choices=("truncate", "error", "chunk"),
+                       help="a text past the length limit: truncate it, refuse it, or encode every window of it "
+                            "and keep the max (SPLADE) (default: the server's, truncate)")
 
     engine_opts = argparse.ArgumentParser(add_help=False)
     group = engine_opts.add_argument_group("search engine")

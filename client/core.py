@@ -155,11 +155,12 @@ class Health:
         return self.live and self.ready and self.model_ready and self.error is None and self.probe_ms is not None
 
 
-def _parameters(top_k: int | None, min_weight: float | None) -> dict[str, Any] | None:
+def _parameters(top_k: int | None, min_weight: float | None, **text: str | None) -> dict[str, Any] | None:
     # tritonclient sends only Python bool/int/float/str: unwrap numpy scalars.
     # Values are otherwise passed as given: the server validates them and its
-    # INVALID_ARG message is the one to show.
-    params: dict[str, Any] = {}
+    # INVALID_ARG message is the one to show. ``text``: input_type, overflow,
+    # truncation_direction (the tokenizer's), sent when given.
+    params: dict[str, Any] = {name: value for name, value in text.items() if value is not None}
     if top_k is not None:
         params["top_k"] = int(top_k) if isinstance(top_k, numbers.Integral) and not isinstance(top_k, bool) else top_k
     if min_weight is not None:
@@ -544,7 +545,8 @@ class AsyncSpladeClient(_AsyncClient):
 
     async def encode_batches(self, batches: Iterable[tuple[T, Sequence[str | bytes]]], *,
                              top_k: int | None = None, min_weight: float | None = None,
-                             return_tokens: bool = False) -> AsyncIterator[tuple[T, list[SparseVector]]]:
+                             return_tokens: bool = False, input_type: str | None = None,
+                             overflow: str | None = None) -> AsyncIterator[tuple[T, list[SparseVector]]]:
         """Stream ``(tag, vectors)`` for each ``(tag, texts)`` batch, in order.
 
         Each batch is one request (1 to ``batch_size`` texts; see :func:`batched`
@@ -552,7 +554,7 @@ class AsyncSpladeClient(_AsyncClient):
         through untouched (e.g. the texts' ids). Batches are read from the
         iterable only as requests are sent, so a corpus never sits in memory.
         """
-        parameters = _parameters(top_k, min_weight)
+        parameters = _parameters(top_k, min_weight, input_type=input_type, overflow=overflow)
         agen = self._pipeline(batches, lambda texts: self._encode_chunk(texts, parameters, return_tokens))
         try:
             async for item in agen:
@@ -561,36 +563,49 @@ class AsyncSpladeClient(_AsyncClient):
             await agen.aclose()
 
     async def iter_encode(self, texts: Iterable[str | bytes], *, top_k: int | None = None,
-                          min_weight: float | None = None, return_tokens: bool = False) -> AsyncIterator[SparseVector]:
+                          min_weight: float | None = None, return_tokens: bool = False,
+                          input_type: str | None = None, overflow: str | None = None) -> AsyncIterator[SparseVector]:
         """Stream one vector per text, in order (texts read lazily, one request's worth at a time)."""
-        async for vector in self._stream(texts, top_k=top_k, min_weight=min_weight, return_tokens=return_tokens):
+        async for vector in self._stream(texts, top_k=top_k, min_weight=min_weight, return_tokens=return_tokens,
+                                         input_type=input_type, overflow=overflow):
             yield vector
 
     @overload
     async def encode(self, texts: str, *, top_k: int | None = ..., min_weight: float | None = ...,
-                     return_tokens: bool = ...) -> SparseVector: ...
+                     return_tokens: bool = ..., input_type: str | None = ...,
+                     overflow: str | None = ...) -> SparseVector: ...
 
     @overload
     async def encode(self, texts: Iterable[str | bytes], *, top_k: int | None = ...,
-                     min_weight: float | None = ..., return_tokens: bool = ...) -> list[SparseVector]: ...
+                     min_weight: float | None = ..., return_tokens: bool = ..., input_type: str | None = ...,
+                     overflow: str | None = ...) -> list[SparseVector]: ...
 
-    async def encode(self, texts, *, top_k=None, min_weight=None, return_tokens=False):
+    async def encode(self, texts, *, top_k=None, min_weight=None, return_tokens=False, input_type=None,
+                     overflow=None):
         """SPLADE vectors of ``texts``, in order; a single ``str`` gives a single vector.
 
         ``top_k``: keep at most this many terms per text (0: all); ``min_weight``:
         drop lighter terms (both the model's request parameters, validated by the
         server: a bad value raises :class:`InvalidRequestError` with its message).
         ``return_tokens``: also fetch the vocabulary string of each term.
+        ``input_type``: ``"query"`` or ``"document"`` (the server's default),
+        the side of an asymmetric model (an inference-free query side, a
+        query/document pair) and its length; ``overflow``: ``"truncate"``
+        (the server's default), ``"error"`` or ``"chunk"`` (the max over
+        windows of a long text).
         """
+        options = dict(top_k=top_k, min_weight=min_weight, return_tokens=return_tokens, input_type=input_type,
+                       overflow=overflow)
         if isinstance(texts, (str, bytes)):
-            return (await self.encode([texts], top_k=top_k, min_weight=min_weight, return_tokens=return_tokens))[0]
-        return [v async for v in self.iter_encode(texts, top_k=top_k, min_weight=min_weight,
-                                                  return_tokens=return_tokens)]
+            return (await self.encode([texts], **options))[0]
+        return [v async for v in self.iter_encode(texts, **options)]
 
     async def encode_csr(self, texts: Iterable[str | bytes], *, top_k: int | None = None,
-                         min_weight: float | None = None) -> scipy.sparse.csr_matrix:
+                         min_weight: float | None = None, input_type: str | None = None,
+                         overflow: str | None = None) -> scipy.sparse.csr_matrix:
         """``[len(texts), vocab_size]`` CSR matrix of the texts' vectors."""
-        vectors = await self.encode(list(texts), top_k=top_k, min_weight=min_weight)
+        vectors = await self.encode(list(texts), top_k=top_k, min_weight=min_weight, input_type=input_type,
+                                    overflow=overflow)
         return to_csr(vectors, await self.vocab_size())
 
     async def embed_dense(self, texts: Iterable[str | bytes]) -> np.ndarray:
@@ -665,12 +680,9 @@ class AsyncBgeM3Client(_AsyncClient):
             raise ValueError("ask for at least one of return_dense, return_sparse, return_colbert_vecs")
         if input_type is not None and input_type not in INPUT_TYPES:
             raise ValueError(f"input_type must be 'query' or 'document', got {input_type!r}")
-        parameters = _parameters(top_k, min_weight) or {}
-        if input_type is not None:
-            parameters["input_type"] = input_type
         model = self.colbert_model if return_colbert_vecs else self.model
         outputs = _m3_outputs(return_dense, return_sparse, return_colbert_vecs, return_tokens and return_sparse)
-        return model, outputs, parameters or None
+        return model, outputs, _parameters(top_k, min_weight, input_type=input_type)
 
     async def encode_batches(self, batches: Iterable[tuple[T, Sequence[str | bytes]]], *,
                              return_dense: bool = True, return_sparse: bool = True,
@@ -885,36 +897,43 @@ class SpladeClient(_BlockingClient):
 
     @overload
     def encode(self, texts: str, *, top_k: int | None = ..., min_weight: float | None = ...,
-               return_tokens: bool = ...) -> SparseVector: ...
+               return_tokens: bool = ..., input_type: str | None = ..., overflow: str | None = ...) -> SparseVector: ...
 
     @overload
     def encode(self, texts: Iterable[str | bytes], *, top_k: int | None = ..., min_weight: float | None = ...,
-               return_tokens: bool = ...) -> list[SparseVector]: ...
+               return_tokens: bool = ..., input_type: str | None = ...,
+               overflow: str | None = ...) -> list[SparseVector]: ...
 
-    def encode(self, texts, *, top_k=None, min_weight=None, return_tokens=False):
+    def encode(self, texts, *, top_k=None, min_weight=None, return_tokens=False, input_type=None, overflow=None):
         """See :meth:`AsyncSpladeClient.encode`."""
         if not isinstance(texts, (str, bytes)):
             texts = list(texts)  # read here, not in the loop's thread
         return self._runner.run(self._aclient.encode(texts, top_k=top_k, min_weight=min_weight,
-                                                     return_tokens=return_tokens))
+                                                     return_tokens=return_tokens, input_type=input_type,
+                                                     overflow=overflow))
 
     def iter_encode(self, texts: Iterable[str | bytes], *, top_k: int | None = None,
-                    min_weight: float | None = None, return_tokens: bool = False) -> Iterator[SparseVector]:
+                    min_weight: float | None = None, return_tokens: bool = False, input_type: str | None = None,
+                    overflow: str | None = None) -> Iterator[SparseVector]:
         """See :meth:`AsyncSpladeClient.iter_encode`."""
         return self._iterate(self._aclient.iter_encode(texts, top_k=top_k, min_weight=min_weight,
-                                                       return_tokens=return_tokens))
+                                                       return_tokens=return_tokens, input_type=input_type,
+                                                       overflow=overflow))
 
     def encode_batches(self, batches: Iterable[tuple[T, Sequence[str | bytes]]], *, top_k: int | None = None,
-                       min_weight: float | None = None,
-                       return_tokens: bool = False) -> Iterator[tuple[T, list[SparseVector]]]:
+                       min_weight: float | None = None, return_tokens: bool = False, input_type: str | None = None,
+                       overflow: str | None = None) -> Iterator[tuple[T, list[SparseVector]]]:
         """See :meth:`AsyncSpladeClient.encode_batches`."""
         return self._iterate(self._aclient.encode_batches(batches, top_k=top_k, min_weight=min_weight,
-                                                          return_tokens=return_tokens))
+                                                          return_tokens=return_tokens, input_type=input_type,
+                                                          overflow=overflow))
 
     def encode_csr(self, texts: Iterable[str | bytes], *, top_k: int | None = None,
-                   min_weight: float | None = None) -> scipy.sparse.csr_matrix:
+                   min_weight: float | None = None, input_type: str | None = None,
+                   overflow: str | None = None) -> scipy.sparse.csr_matrix:
         """See :meth:`AsyncSpladeClient.encode_csr`."""
-        return self._runner.run(self._aclient.encode_csr(list(texts), top_k=top_k, min_weight=min_weight))
+        return self._runner.run(self._aclient.encode_csr(list(texts), top_k=top_k, min_weight=min_weight,
+                                                         input_type=input_type, overflow=overflow))
 
     def embed_dense(self, texts: Iterable[str | bytes]) -> np.ndarray:
         """See :meth:`AsyncSpladeClient.embed_dense`."""

@@ -8,6 +8,7 @@ formula pools each, the max is taken over a text's windows.
 
 from __future__ import annotations
 
+import json
 import sysconfig
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -230,3 +231,26 @@ def test_chunk_is_refused_where_the_pipeline_cannot_aggregate(bge_m3_server):
                 outputs=("num_tokens", "truncated", "windows"))
     assert out["truncated"].ravel().tolist() == [False, True]
     assert out["windows"].ravel().tolist() == [1, 1]
+
+
+def test_the_client_and_the_command_line_ask_for_sides_and_chunks(server, capsys, windows_reference, long_text,
+                                                                 vocab_size):
+    from client import InvalidRequestError, SpladeClient
+    from client.cli import main
+
+    url = f"grpc://{server.grpc_url}"
+    with SpladeClient(url) as c:
+        chunked = c.encode(long_text, overflow="chunk")
+        assert chunked.to_native() == c.encode([long_text], overflow="chunk", input_type="document")[0].to_native()
+        expected = windows_reference(long_text).max(axis=0)
+        got = np.zeros(vocab_size, np.float32)
+        got[chunked.indices] = chunked.values
+        assert_same_vectors(got, expected)
+        with pytest.raises(InvalidRequestError, match="has .* tokens; the limit is 512"):
+            c.encode(long_text, overflow="error")
+    code = main(["embed", "--url", url, "--overflow", "chunk", "--input-type", "query", "--format", "native",
+                 long_text])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    served = json.loads(out)[0]
+    assert set(served["indices"]) == set(np.flatnonzero(expected))
