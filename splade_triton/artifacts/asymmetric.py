@@ -134,7 +134,10 @@ def detect(model: str | Path) -> str | None:
     if not path.is_dir():
         return None
     if (path / "modules.json").is_file():
-        modules = _read_json(path / "modules.json")
+        try:
+            modules = _read_json(path / "modules.json")
+        except LayoutError:
+            return LAYOUT_ST  # inspect names the fault
         routed = isinstance(modules, list) and any(
             isinstance(m, dict) and _class_name(m.get("type", "")) in ("Router", "Asym") for m in modules)
         return LAYOUT_ROUTER if routed else LAYOUT_ST
@@ -521,7 +524,8 @@ def validate(folder: Path, info: dict, layout: Layout, texts, tolerance: float) 
         if ref.shape != got.shape:
             problems.append(f"the {name} side's vectors are {list(got.shape)}, sentence-transformers' {list(ref.shape)}")
             continue
-        lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=side["special_tokens"])["input_ids"]]
+        lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=side["special_tokens"],
+                                                 verbose=False)["input_ids"]]
         diff = float(np.abs(got - ref).max())
         mismatches = int(((got != 0) != (ref != 0)).sum())
         report[name] = {"encoder": side["encoder"], "max_length": side["max_length"],
