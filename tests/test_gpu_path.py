@@ -37,7 +37,7 @@ DOCKER = ROOT / "docker"
 MODEL = default_pipeline().model  # the exported model directory of pipelines/splade.toml
 ONNX = MODEL / "model.onnx"
 TOKENIZER = MODEL / "tokenizer.json"
-STEPS = ("tokenizer", "encoder", "sparsify", "ensemble", "embedding")
+STEPS = ("tokenizer", "encoder", "sparsify", "ensemble", "embedding", "windows")
 
 
 def io_signature(config) -> dict:
@@ -84,14 +84,16 @@ def test_gpu_repository_shares_everything_but_the_encoder(tmp_path, repository):
     for model in ("splade_tokenizer", "splade_sparsify"):
         assert (out / model / "1" / "model.py").read_bytes() == (repository / model / "1" / "model.py").read_bytes()
     served = {m: read_config(out / m / "config.pbtxt") for m in names}
-    for ensemble in ("splade", "splade_embedding"):
+    for ensemble in ("splade", "splade_embedding", "splade_windows"):
         assert served[ensemble] == read_config(repository / ensemble / "config.pbtxt")
     assert served["splade_encoder"].platform == "tensorrt_plan"
     tokenizer = served["splade_tokenizer"]
     assert (tokenizer.parameters["padding"].string_value, tokenizer.parameters["pad_to_multiple_of"].string_value) == ("batch", "32")
+    # A chunked request's windows fit the engine's max batch.
+    assert int(tokenizer.parameters["max_windows"].string_value) <= served["splade_encoder"].max_batch_size
     # Everything else of the tokenizer's config is the CPU one.
     cpu_tokenizer = read_config(repository / "splade_tokenizer" / "config.pbtxt")
-    for key in ("padding", "pad_to_multiple_of"):
+    for key in ("padding", "pad_to_multiple_of", "max_windows"):
         del tokenizer.parameters[key], cpu_tokenizer.parameters[key]
     assert tokenizer == cpu_tokenizer
 

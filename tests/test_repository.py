@@ -24,11 +24,12 @@ def served_names(repository: Path) -> set[str]:
 
 
 def test_the_default_repository_serves_each_step_under_the_pipelines_name(repository):
-    assert served_names(repository) == {"splade", "splade_embedding", "splade_tokenizer", "splade_encoder", "splade_sparsify"}
+    assert served_names(repository) == {"splade", "splade_embedding", "splade_windows", "splade_tokenizer", "splade_encoder", "splade_sparsify"}
     ensemble = read_config(repository / "splade" / "config.pbtxt")
     assert [s.model_name for s in ensemble.ensemble_scheduling.step] == ["splade_tokenizer", "splade_encoder", "splade_sparsify"]
-    assert [o.name for o in ensemble.output] == ["indices", "values", "tokens"]
-    assert [o.name for o in read_config(repository / "splade_embedding" / "config.pbtxt").output] == ["embedding"]
+    assert [o.name for o in ensemble.output] == ["indices", "values", "tokens", "num_tokens", "truncated", "windows"]
+    assert [o.name for o in read_config(repository / "splade_embedding" / "config.pbtxt").output] == [
+        "embedding", "num_tokens", "truncated", "windows"]
     for step in PYTHON_STEPS:
         version = repository / f"splade_{step}" / "1"
         # The serving code travels with the model: nothing of the project needs installing.
