@@ -1,0 +1,160 @@
+"""The autoscaling metric on a real Prometheus: Debian's prometheus scrapes two real
+tritonservers (the launcher) and evaluates deploy/k8s/monitoring/prometheus-rule.yaml.
+
+Under load the per-pod encoder queue-to-compute ratio rises on both replicas; once idle it
+falls back to 0. Prometheus comes from script/install-prometheus (script/setup runs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from client.core import SpladeClient
+from tests.conftest import free_port, running
+from tests.test_deploy import K8S, adapter_metric, recording_rule
+
+PODS = ("replica-0", "replica-1")
+NAMESPACE = "splade"
+PASSAGE = " ".join(["the quick brown fox jumps over the lazy dog near the river bank"] * 8)
+# Idle reads exactly 0 (the rule clamps the denominator); saturated replicas read 0.06-0.09 here.
+RISEN = 0.02
+WAIT_S = 180  # a hang guard only: the rule's window is 30 s
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run script/install-prometheus as root (Debian's prometheus "
+                    f"package; script/setup runs it)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def rules_file(tmp_path_factory) -> Path:
+    """The PrometheusRule's spec as a plain rules file, checked by promtool."""
+    rule = yaml.safe_load((K8S / "monitoring" / "prometheus-rule.yaml").read_text())
+    path = tmp_path_factory.mktemp("rules") / "rules.yaml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    done = subprocess.run([tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, f"promtool check rules: {done.stdout} {done.stderr}"
+    return path
+
+
+class Prometheus:
+    def __init__(self, base: str):
+        self.base = base
+
+    def query(self, expr: str) -> dict[str, float]:
+        """Instant query: pod label -> value."""
+        url = f"{self.base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=10) as r:
+            answer = json.loads(r.read())
+        assert answer["status"] == "success", answer
+        return {s["metric"].get("pod", ""): float(s["value"][1]) for s in answer["data"]["result"]}
+
+
+@pytest.fixture(scope="module")
+def replicas(repository, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("prometheus-replicas")
+    with running(repository, logs / "replica-0.log") as first, running(repository, logs / "replica-1.log") as second:
+        yield first, second
+
+
+@pytest.fixture(scope="module")
+def prometheus(replicas, rules_file, tmp_path_factory):
+    """Prometheus on a free port, scraping both replicas every second as pods of one namespace."""
+    directory = tmp_path_factory.mktemp("prometheus")
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules_file)],
+        "scrape_configs": [{
+            "job_name": "triton",
+            # What a PodMonitor adds in the cluster: the namespace and pod labels.
+            "static_configs": [{"targets": [f"127.0.0.1:{s.metrics_port}"], "labels": {"namespace": NAMESPACE, "pod": pod}}
+                               for s, pod in zip(replicas, PODS)],
+        }],
+    }
+    (directory / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = open(directory / "prometheus.log", "wb")
+    process = subprocess.Popen(
+        [tool("prometheus"), f"--config.file={directory / 'prometheus.yml'}",
+         f"--storage.tsdb.path={directory / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        api = Prometheus(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, (directory / "prometheus.log").read_text()[-2000:]
+            try:
+                if api.query("up") == {pod: 1.0 for pod in PODS}:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "Prometheus did not scrape both replicas within 60 s"
+            time.sleep(0.5)
+        yield api
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
+
+
+def wait_for(what: str, condition, prometheus: Prometheus, expr: str) -> dict[str, float]:
+    deadline = time.monotonic() + WAIT_S
+    values: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        values = prometheus.query(expr)
+        if set(values) == set(PODS) and condition(values):
+            return values
+        time.sleep(1)
+    raise AssertionError(f"{what}: not within {WAIT_S} s; last values {values}")
+
+
+def test_the_ratio_rises_under_load_and_falls_when_idle(replicas, prometheus, capsys):
+    record = recording_rule()["record"]
+    series, _ = adapter_metric()
+    idle = wait_for("idle replicas read 0", lambda v: all(x == 0 for x in v.values()), prometheus, record)
+
+    stop = threading.Event()
+    sent = []
+
+    def load():
+        # Both replicas through one client, 32 requests of 4 passages in flight: a queue at each encoder.
+        urls = ",".join(f"grpc://{s.grpc_url}" for s in replicas)
+        with SpladeClient(urls, batch_size=4, max_in_flight=32) as client:
+            while not stop.is_set():
+                sent.append(len(client.encode([f"{len(sent)} {PASSAGE}"] * 128)))
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        loaded = wait_for("the ratio rises on both replicas under load",
+                          lambda v: all(x > RISEN for x in v.values()), prometheus, record)
+        for _ in range(5):  # the highest of a few more readings, for the record
+            time.sleep(1)
+            loaded = {pod: max(value, loaded[pod]) for pod, value in prometheus.query(record).items()}
+        # What prometheus-adapter asks Prometheus for the HPA (its metricsQuery, filled in).
+        adapter = prometheus.query(f'max({series}{{namespace="{NAMESPACE}",pod=~"{"|".join(PODS)}"}}) by (pod)')
+    finally:
+        stop.set()
+        loader.join(120)
+    stopped = time.monotonic()
+    assert set(adapter) == set(PODS) and all(x > 0 for x in adapter.values()), adapter
+    after = wait_for("the ratio falls back to 0 once idle", lambda v: all(x == 0 for x in v.values()),
+                     prometheus, record)
+    with capsys.disabled():
+        print(f"\n{record}: idle {idle}; under load {({k: round(v, 3) for k, v in loaded.items()})} "
+              f"({sum(sent)} passages); 0 again {time.monotonic() - stopped:.0f} s after the load; {after}; "
+              f"load average {os.getloadavg()[0]:.2f}")
