@@ -59,10 +59,11 @@ class Launched:
     /dev/shm regions removed.
     """
 
-    def __init__(self, repository: Path, log_path: Path, extra_args: tuple[str, ...] = (),
+    def __init__(self, repository: Path | str, log_path: Path, extra_args: tuple[str, ...] = (),
                  launcher_args: tuple[str, ...] = (), ready_timeout_s: float = 180.0,
                  ports: tuple[int, int, int] | None = None):
-        self.repository = Path(repository)
+        # A directory, or a URL that tritonserver reads itself (s3://...): Path would mangle it.
+        self.repository = repository if "://" in str(repository) else Path(repository)
         self.log_path = Path(log_path)
         self.extra_args = tuple(extra_args)
         self.launcher_args = tuple(launcher_args)
