@@ -45,6 +45,7 @@ tokenizer and an idf table computed from real text.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import math
@@ -306,13 +307,12 @@ def _route_side(modules: list[tuple[str, Path]], named_in: Path, route: str) -> 
 
 
 def resolve_route(config: dict, task: str, named_in: Path) -> str:
-    """The route sentence-transformers' Router takes for a text of ``task`` (its documented priority)."""
+    """The route sentence-transformers' Router takes for a text of ``task`` (its documented priority;
+    encode_query / encode_document pass the task, and the modality "text" for strings)."""
     structure = config.get("structure", {})
     parameters = config.get("parameters", {})
     mappings = {}
     for key, route in (parameters.get("route_mappings") or {}).items():
-        import ast
-
         try:
             mappings[ast.literal_eval(key)] = route
         except (ValueError, SyntaxError):
@@ -320,14 +320,11 @@ def resolve_route(config: dict, task: str, named_in: Path) -> str:
     for key in ((task, "text"), (task, None), (None, "text"), (None, None)):
         if key in mappings:
             return mappings[key]
-    if task in structure:
-        return task
-    default = parameters.get("default_route")
-    if default is None and parameters.get("allow_empty_key", True) and structure:
-        default = next(iter(structure))
-    if default not in structure:
-        raise LayoutError(f"{named_in}: no route for {task} texts (routes: {', '.join(structure) or 'none'})")
-    return default
+    for key in (task, "text"):
+        if key in structure:
+            return key
+    # With a task given, the Router raises rather than take its default route.
+    raise LayoutError(f"{named_in}: no route for {task} texts (routes: {', '.join(structure) or 'none'})")
 
 
 def _check_encoder_config(root: Path) -> None:
@@ -352,8 +349,9 @@ def _inspect_sentence_transformers(root: Path) -> Layout:
         raise LayoutError(f"{modules_path}: expected a list of modules with a type each")
     _check_encoder_config(root)
     entries = [(m["type"], root / m.get("path", "")) for m in modules]
-    if len(entries) == 1 and _class_name(entries[0][0]) in ("Router", "Asym"):
-        router_dir = entries[0][1]
+    if entries and _class_name(entries[0][0]) in ("Router", "Asym"):
+        # Modules after the Router (e.g. one SpladePooling for both routes) follow every route.
+        router_dir, after = entries[0][1], entries[1:]
         config_path = router_dir / "router_config.json"
         if not config_path.is_file() and (router_dir / "config.json").is_file():
             config_path = router_dir / "config.json"  # sentence-transformers' older Asym layout
@@ -367,7 +365,8 @@ def _inspect_sentence_transformers(root: Path) -> Layout:
             missing = [m for m in structure[route] if m not in types]
             if missing:
                 raise LayoutError(f"{config_path}: route {route!r} names modules without a type: {', '.join(missing)}")
-            sides[task] = _route_side([(types[m], router_dir / m) for m in structure[route]], config_path, route)
+            sides[task] = _route_side([(types[m], router_dir / m) for m in structure[route]] + after,
+                                      config_path, route)
         if sides["document"].encoder != "mlm":
             raise LayoutError(f"{config_path}: the document route {sides['document'].route!r} is static; only a "
                               f"query side may be inference-free")
@@ -389,10 +388,11 @@ def _inspect_opensearch(root: Path) -> Layout:
     positions = getattr(AutoConfig.from_pretrained(str(root)), "max_position_embeddings", None)
     max_length = mlm_max_length(root, tokenizer, positions)
     document = Side("mlm", root, special_tokens=True, max_length=max_length, activation="log1p_relu")
-    weights, unknown = idf_weights(_read_json(root / "idf.json"), tokenizer, root / "idf.json")
+    idf = _read_json(root / "idf.json")
+    weights, unknown = idf_weights(idf, tokenizer, root / "idf.json")
     # The query side shares the document encoder's tokenizer, whose length that encoder capped.
     query = Side("static", root, special_tokens=False, max_length=max_length, weights=weights)
-    notes = {"idf_tokens": len(_read_json(root / "idf.json")), "idf_tokens_not_in_vocabulary": len(unknown)}
+    notes = {"idf_tokens": len(idf), "idf_tokens_not_in_vocabulary": len(unknown)}
     if unknown:
         print(f"warning: {len(unknown)} tokens of {root / 'idf.json'} are not in the tokenizer's vocabulary "
               f"(e.g. {unknown[:3]}); as in sentence-transformers, their weight goes to the unknown token's id")
