@@ -4,9 +4,11 @@
     python -m bench.retrieval scale --url grpc://127.0.0.1:8001 --docs 10000,100000
 
 ``quality``: the real-text fixture of docs/finetuning.md (``python -m train.fixture``), indexed
-into the engine by the served ``splade`` pipeline. The hybrid's weights are chosen on 400 of the
-fixture's *training* queries (their documents are in the same corpus), then every retriever
-alone and fused is measured on the 400 held-out queries (ir-measures, as ``evaluate``).
+into the engine by the served ``splade`` pipeline. The hybrid's weights (BM25's weight, the sparse one
+1 minus it) are swept for each normalisation of the weighted fusion on 400 of the fixture's
+*training* queries (their documents are in the same corpus); then every retriever alone, RRF,
+and each normalisation at its best weight are measured on the 400 held-out queries
+(ir-measures, as ``evaluate``).
 
 ``scale``: synthetic documents (words drawn from the fixture's vocabulary by their
 frequency), encoded by the server once and written into a fresh collection per size: write
@@ -33,7 +35,7 @@ from client import SpladeClient
 from client.corpus import load_beir, read_jsonl
 from client.engine import Engine, Request, bm25_terms
 from client.evaluate import measure_run
-from client.retrieval import IndexReport, Retriever, index_documents
+from client.retrieval import NORMALIZATIONS, Retriever, index_documents
 from client.scoring import SparseIndex
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,23 +81,22 @@ def quality(args: argparse.Namespace) -> dict:
             return {"retriever": r.describe(), **measure_run(qrels, run),
                     "ms_per_query": 1000 * (time.perf_counter() - start) / len(queries)}
 
-        sweep = [measure(tune_qrels, tune_queries, retriever="hybrid", fusion="rrf")]
-        for w in args.bm25_weights:
-            sweep.append(measure(tune_qrels, tune_queries, retriever="hybrid", fusion="weighted",
-                                 weights={"bm25": w, "sparse": round(1 - w, 4)}))
-        for name in ("bm25", "sparse"):
-            sweep.append(measure(tune_qrels, tune_queries, retriever=name))
-        best = max((s for s in sweep if "weighted" in s["retriever"]),
-                   key=lambda s: (s["nDCG@10"], s["Recall@100"]))
-        report["tune"] = sweep
-        report["tuned"] = best["retriever"]
-        tuned = dict(part.split("=") for part in best["retriever"].split("weighted ")[1].rstrip(")").split(","))
+        sweep = [measure(tune_qrels, tune_queries, retriever=name) for name in ("bm25", "sparse")]
+        sweep.append(measure(tune_qrels, tune_queries, retriever="hybrid", fusion="rrf"))
+        best = {}
+        for normalize in NORMALIZATIONS:
+            rows = [measure(tune_qrels, tune_queries, retriever="hybrid", fusion="weighted", normalize=normalize,
+                            weights={"bm25": w, "sparse": round(1 - w, 4)}) | {"bm25_weight": w}
+                    for w in args.bm25_weights]
+            sweep += rows
+            best[normalize] = max(rows, key=lambda r: (r["nDCG@10"], r["Recall@100"]))["bm25_weight"]
+        report["tune"], report["best_bm25_weight"] = sweep, best
         rows = [measure(heldout.qrels, heldout.queries, retriever="bm25"),
                 measure(heldout.qrels, heldout.queries, retriever="sparse"),
                 measure(heldout.qrels, heldout.queries, retriever="hybrid", fusion="rrf")]
-        for w in sorted({0.5, float(tuned["bm25"])}):
+        for normalize, w in best.items():
             rows.append(measure(heldout.qrels, heldout.queries, retriever="hybrid", fusion="weighted",
-                                weights={"bm25": w, "sparse": round(1 - w, 4)}))
+                                normalize=normalize, weights={"bm25": w, "sparse": round(1 - w, 4)}))
         report["heldout"] = rows
     report["machine_end"] = machine()
     return report

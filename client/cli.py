@@ -51,7 +51,7 @@ from .engine import DEFAULT_ENGINE
 from .errors import InvalidRequestError, ModelNotFoundError, ServerError, SpladeError
 from .formats import FORMATS, SparseVector, _floats
 from .m3 import M3Embedding, to_flagembedding
-from .retrieval import FUSIONS, RETRIEVERS
+from .retrieval import FUSIONS, NORMALIZATIONS, RETRIEVERS
 
 __all__ = ["main"]
 
@@ -387,8 +387,8 @@ def _retriever(args: argparse.Namespace, client, engine, retriever: str | None =
 
     retriever = retriever or args.retriever or "hybrid"
     return Retriever(client, engine, kind=args.resolved_kind, retriever=retriever, fusion=fusion or args.fusion or "rrf",
-                     weights=args.weights if retriever == "hybrid" else None, candidates=args.candidates,
-                     query_top_k=args.query_top_k)
+                     weights=args.weights if retriever == "hybrid" else None, normalize=args.normalize,
+                     candidates=args.candidates, query_top_k=args.query_top_k)
 
 
 def _search_engine(args: argparse.Namespace) -> int:
@@ -607,9 +607,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--retriever", choices=RETRIEVERS,
                        help="bm25, sparse, dense / colbert (BGE-M3), or hybrid (default hybrid)")
     group.add_argument("--fusion", choices=FUSIONS, help="hybrid: rrf (default) or weighted")
-    group.add_argument("--weights", help="hybrid: retriever=weight list, e.g. bm25=0.5,sparse=0.5 (default: "
-                                         "SPLADE bm25=0.5,sparse=0.5; BGE-M3 sparse=0.2,dense=0.4,colbert=0.4); "
+    group.add_argument("--weights", help="hybrid: retriever=weight list, e.g. bm25=0.4,sparse=0.6 (default: "
+                                         "SPLADE bm25=0.4,sparse=0.6; BGE-M3 sparse=0.2,dense=0.4,colbert=0.4); "
                                          "with --score: BGE-M3 dense,sparse,colbert")
+    group.add_argument("--normalize", choices=NORMALIZATIONS,
+                       help="weighted fusion: each retriever's scores min-max scaled per query (SPLADE default), "
+                            "raw (none: BGE-M3 compute_score, its default) or Milvus' arctan")
     group.add_argument("--candidates", type=_positive_int, default=100,
                        help="documents each retriever hands to the fusion and to ColBERT re-scoring (default 100)")
 

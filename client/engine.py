@@ -9,7 +9,7 @@ FLAT (exact) index.
 
 The BM25 terms are analysed here, by bm25s's tokenizer with English stop words
 and the Snowball stemmer (PyStemmer), the project's BM25 baseline elsewhere, and
-stored space-separated; the engine only splits them again (``\w+``). So BM25
+stored space-separated; the engine only splits them again at the spaces. So BM25
 is the same on Milvus Lite, whose analyzer has no stemmer, and on a server.
 
 The same code runs on Milvus Lite (``uri`` is a local path ending in ``.db``:
@@ -112,7 +112,7 @@ class Engine:
         # pymilvus logs every failed RPC with its traceback, and Milvus Lite's in-process gRPC server
         # logs optional RPCs it lacks (AllocTimestamp) that pymilvus then does without: the caller
         # reports a real failure once, as an EngineError.
-        for name in ("pymilvus", "grpc._server"):
+        for name in ("pymilvus", "grpc._server", "milvus_lite"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
         from pymilvus import MilvusClient
 
@@ -128,7 +128,8 @@ class Engine:
             local = {} if "://" in uri else {"grpc_options": {"grpc.keepalive_time_ms": 2**31 - 1}}
             self._client = MilvusClient(uri=uri, timeout=timeout, **local)
         except Exception as exc:  # pymilvus raises MilvusException and others (bad URI, lock held)
-            raise EngineError(f"cannot reach the search engine at {uri}: {_one_line(exc)}") from None
+            hint = "" if "://" in uri else " (Milvus Lite opens a data folder in one process at a time)"
+            raise EngineError(f"cannot reach the search engine at {uri}: {_one_line(exc)}{hint}") from None
         self.dense_dim = self._check(recreate)
         if recreate and self.exists:
             self._call("drop_collection", self._client.drop_collection, self.collection)
@@ -236,15 +237,15 @@ class Engine:
     # --- searching ---------------------------------------------------------------------------
 
     def search(self, requests: Sequence[Request], *, limit: int, fusion: str = "rrf",
-               weights: Sequence[float] | None = None, rrf_k: int = 60,
+               weights: Sequence[float] | None = None, rrf_k: int = 60, normalize: bool = False,
                candidates: int | None = None) -> list[list[tuple[str, float]]]:
         """Per query, the ``limit`` best ``(id, score)`` pairs, best first.
 
         One request: that retriever's own scores. Several: fused inside the engine
         (``hybrid_search``) by ``rrf`` (``RRFRanker(rrf_k)``: sum of 1 / (rrf_k + rank)) or
-        ``weighted`` (``WeightedRanker(*weights)``: sum of weight x normalised score, Milvus'
-        normalisation: 0.5 + arctan(s) / pi for inner products, 2 arctan(s) / pi for BM25), each
-        retriever contributing its ``candidates`` best (default ``limit``).
+        ``weighted`` (``WeightedRanker(*weights)``: sum of weight x score; ``normalize``: Milvus'
+        normalisation first, 0.5 + arctan(s) / pi for inner products, 2 arctan(s) / pi for BM25),
+        each retriever contributing its ``candidates`` best (default ``limit``).
         """
         if not self.exists:
             raise EngineError(f"collection {self.collection!r} at {self.uri} does not exist: "
@@ -261,7 +262,7 @@ class Engine:
             found = self._call("search", self._client.search, self.collection, data=r.data, anns_field=r.field,
                                limit=limit, search_params={"metric_type": METRICS[r.field]}, output_fields=["id"])
         else:
-            ranker = RRFRanker(rrf_k) if fusion == "rrf" else WeightedRanker(*weights, norm_score=True)
+            ranker = RRFRanker(rrf_k) if fusion == "rrf" else WeightedRanker(*weights, norm_score=normalize)
             reqs = [AnnSearchRequest(data=r.data, anns_field=r.field, param={"metric_type": METRICS[r.field]},
                                      limit=max(limit, candidates or 0)) for r in requests]
             found = self._call("hybrid_search", self._client.hybrid_search, self.collection, reqs, ranker,
@@ -294,6 +295,12 @@ class Engine:
             self._client.close()
         except Exception:  # closing a client whose server went away: nothing left to release
             pass
+        if "://" not in self.uri:
+            # pymilvus leaves Milvus Lite's in-process server running, holding the data folder's
+            # lock until the process exits: stop it, so that another process can open the file.
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
 
     def __enter__(self) -> Engine:
         return self

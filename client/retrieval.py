@@ -10,20 +10,29 @@ Retrievers (``--retriever``):
   candidates of the engine's RRF of sparse and dense;
 - ``hybrid``: the retrievers with a weight above 0 (:data:`DEFAULT_WEIGHTS`), fused.
 
-Where each part runs: bm25, sparse and dense, and their fusion, run inside the
-engine (one ``search`` or ``hybrid_search``). The engine stores no multi-vectors,
-so ColBERT runs here: the candidates' stored texts are encoded by the
-``<model>_colbert`` ensemble and scored, and the ColBERT score joins the engine's
-fusion on the client with the same formula.
+Where each part runs: bm25, sparse and dense run inside the engine, and so does
+their fusion by RRF or by weighted raw / arctan-normalised scores (one
+``search`` or ``hybrid_search``); weighted min-max fusion takes one engine
+search per retriever and adds them up here. The engine stores no
+multi-vectors, so ColBERT runs here: the candidates' stored texts are encoded
+by the ``<model>_colbert`` ensemble and scored, and the ColBERT score joins
+the fusion with the same formula.
 
 Fusion (``--fusion``):
 
 - ``rrf``: reciprocal rank fusion, sum over retrievers of 1 / (k + rank), k = 60
-  (Milvus' ``RRFRanker``; unweighted: a weight only says whether a retriever takes part);
-- ``weighted``: BGE-M3's ``compute_score``: sum of weight x score divided by the sum of the
-  weights, each score first mapped to [0, 1] by Milvus' ``WeightedRanker`` normalisation
-  (0.5 + arctan(s) / pi for inner products and ColBERT, 2 arctan(s) / pi for BM25), so that
-  BM25's unbounded scores and the models' scores can be added.
+  (Milvus' ``RRFRanker``, in the engine; unweighted: a weight only says whether a retriever
+  takes part);
+- ``weighted``: BGE-M3's ``compute_score`` form, sum of weight x score divided by the sum of
+  the weights, each retriever's scores first normalised (``--normalize``): ``minmax`` scales
+  each retriever's candidates to [0, 1] per query (here: the engine has no such ranker);
+  ``none`` keeps the raw scores (``compute_score`` exactly; Milvus' ``WeightedRanker``
+  without normalisation, in the engine); ``arctan`` is Milvus' own normalisation (0.5 +
+  arctan(s) / pi for inner products and ColBERT, 2 arctan(s) / pi for BM25, in the engine).
+  A document a retriever did not return gets 0 from it.
+
+Defaults (:data:`DEFAULT_WEIGHTS`, :data:`DEFAULT_NORMALIZATION`) and the figures that chose
+them: docs/retrieval.md.
 """
 
 from __future__ import annotations
@@ -40,19 +49,24 @@ from .core import BgeM3Client, SpladeClient, batched
 from .engine import Engine, Request, bm25_terms
 from .m3 import colbert_scores
 
-__all__ = ["DEFAULT_WEIGHTS", "FUSIONS", "RETRIEVERS", "IndexReport", "Retriever", "index_documents",
+__all__ = ["DEFAULT_WEIGHTS", "FUSIONS", "NORMALIZATIONS", "RETRIEVERS", "IndexReport", "Retriever", "index_documents",
            "parse_weights", "retrievers_of"]
 
 RETRIEVERS = ("bm25", "sparse", "dense", "colbert", "hybrid")
 FUSIONS = ("rrf", "weighted")
 ENGINE_PARTS = ("bm25", "sparse", "dense")
 RRF_K = 60
-# The hybrid's parts and weights per kind of pipeline. SPLADE: chosen on the training queries of
-# the stdlib-docstring fixture (docs/retrieval.md). BGE-M3: its published dense 0.4, sparse 0.2,
+NORMALIZATIONS = ("minmax", "none", "arctan")
+# SPLADE + BM25: min-max (measured, docs/retrieval.md: the engine's arctan puts a floor of 0.5
+# under any inner-product match, so BM25-only documents never rise). BGE-M3: its published
+# weights are for raw scores (compute_score).
+DEFAULT_NORMALIZATION = {"splade": "minmax", "bge_m3": "none"}
+# The hybrid's parts and weights per kind of pipeline. SPLADE: min-max weights chosen on 400
+# training queries of the stdlib-docstring fixture (docs/retrieval.md). BGE-M3: its published dense 0.4, sparse 0.2,
 # ColBERT 0.4 (FlagEmbedding's weights_for_different_modes); BM25 left out (no real weights here
 # to measure what it adds).
 DEFAULT_WEIGHTS = {
-    "splade": {"bm25": 0.5, "sparse": 0.5},
+    "splade": {"bm25": 0.4, "sparse": 0.6},
     "bge_m3": {"bm25": 0.0, "sparse": 0.2, "dense": 0.4, "colbert": 0.4},
 }
 
@@ -93,26 +107,36 @@ def parse_weights(text: str | Mapping[str, float] | None, kind: str) -> dict[str
     return weights
 
 
-def _normalised(score: float, field: str) -> float:
+def _arctan(score: float, field: str) -> float:
     # Milvus WeightedRanker's normalisation (checked against its hybrid_search output).
     return 2 * math.atan(score) / math.pi if field == "bm25" else 0.5 + math.atan(score) / math.pi
+
+
+def _minmax(scores: Mapping[str, float]) -> dict[str, float]:
+    if not scores:
+        return {}
+    low, high = min(scores.values()), max(scores.values())
+    return {d: (s - low) / (high - low) if high > low else 1.0 for d, s in scores.items()}
 
 
 class Retriever:
     """Answers queries from an :class:`~client.engine.Engine` collection.
 
     ``client``: the pipeline's client (queries are encoded by the server); ``retriever``,
-    ``fusion``, ``weights``: see the module docstring; ``candidates``: how many documents each
-    retriever hands to the fusion and to ColBERT re-scoring (at least the ``k`` asked).
+    ``fusion``, ``weights``, ``normalize``: see the module docstring; ``candidates``: how many
+    documents each retriever hands to the fusion and to ColBERT re-scoring (at least the ``k``
+    asked).
     """
 
     def __init__(self, client: SpladeClient | BgeM3Client, engine: Engine, *, kind: str,
                  retriever: str = "hybrid", fusion: str = "rrf", weights: str | Mapping[str, float] | None = None,
-                 candidates: int = 100, query_top_k: int | None = None):
+                 normalize: str | None = None, candidates: int = 100, query_top_k: int | None = None):
         if retriever not in RETRIEVERS:
             raise ValueError(f"unknown retriever {retriever!r}; choose one of {', '.join(RETRIEVERS)}")
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if normalize is not None and normalize not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalisation {normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
         if retriever != "hybrid" and retriever not in retrievers_of(kind):
             raise ValueError(f"retriever {retriever!r} needs a BGE-M3 pipeline; a {kind} pipeline has "
                              f"{', '.join(retrievers_of(kind))} and hybrid")
@@ -120,6 +144,7 @@ class Retriever:
             raise ValueError("--weights weigh the parts of the hybrid retriever")
         self.client, self.engine, self.kind = client, engine, kind
         self.retriever, self.fusion, self.candidates, self.query_top_k = retriever, fusion, candidates, query_top_k
+        self.normalize = normalize or DEFAULT_NORMALIZATION[kind]
         if retriever == "hybrid":
             self.weights = {n: w for n, w in parse_weights(weights, kind).items() if w > 0}
         elif retriever == "colbert":  # ColBERT re-ranks what the engine's sparse + dense RRF finds
@@ -131,13 +156,16 @@ class Retriever:
         if self.retriever != "hybrid":
             return self.retriever
         parts = "+".join(self.weights)
-        weights = ",".join(f"{n}={w:g}" for n, w in self.weights.items()) if self.fusion == "weighted" else ""
-        return f"hybrid {parts} ({self.fusion}{' ' + weights if weights else ''})"
+        if self.fusion == "rrf":
+            return f"hybrid {parts} (rrf)"
+        weights = ",".join(f"{n}={w:g}" for n, w in self.weights.items())
+        return f"hybrid {parts} (weighted {self.normalize} {weights})"
 
     def _encode_queries(self, queries: Sequence[str]) -> list[dict[str, Any]]:
         need = set(self.weights)
         if self.kind == "splade":
-            vectors = self.client.encode(list(queries), top_k=self.query_top_k) if "sparse" in need else None
+            vectors = (self.client.encode(list(queries), top_k=self.query_top_k, input_type="query")
+                       if "sparse" in need else None)
             return [{"sparse": vectors[i] if vectors else None} for i in range(len(queries))]
         asked = dict(return_dense="dense" in need, return_sparse="sparse" in need,
                      return_colbert_vecs="colbert" in need)
@@ -146,15 +174,9 @@ class Retriever:
         embeddings = self.client.encode(list(queries), input_type="query", top_k=self.query_top_k, **asked)
         return [{"sparse": e.sparse, "dense": e.dense, "colbert": e.colbert} for e in embeddings]
 
-    def search(self, queries: Sequence[str], k: int = 10) -> list[Ranking]:
-        """The ``k`` best documents of each query, ``(id, score)`` best first."""
-        queries = list(queries)
-        if not queries or k <= 0:
-            return [[] for _ in queries]
-        encoded = self._encode_queries(queries)
-        parts = [p for p in ENGINE_PARTS if p in self.weights]
+    def _requests(self, queries: Sequence[str], encoded: list[dict[str, Any]]) -> list[Request]:
         requests = []
-        for part in parts:
+        for part in (p for p in ENGINE_PARTS if p in self.weights):
             if part == "bm25":
                 data = bm25_terms(queries)
             elif part == "sparse":
@@ -162,41 +184,78 @@ class Retriever:
             else:
                 data = [np.asarray(q["dense"], np.float32).tolist() for q in encoded]
             requests.append(Request(part, data))
-        colbert = "colbert" in self.weights
-        depth = max(k, self.candidates) if colbert else k
-        weights = [self.weights[p] for p in parts]
-        found = self.engine.search(requests, limit=depth, fusion="rrf" if self.retriever == "colbert" else self.fusion,
-                                   weights=weights, rrf_k=RRF_K, candidates=self.candidates)
-        if not colbert:
-            if self.fusion == "weighted" and len(parts) > 1:  # compute_score divides by the weights' sum
-                total = sum(weights)
-                found = [[(i, s / total) for i, s in row] for row in found]
-            return [row[:k] for row in found]
-        return self._with_colbert(encoded, found, k)
+        return requests
 
-    def _with_colbert(self, encoded: list[dict[str, Any]], found: list[Ranking], k: int) -> list[Ranking]:
-        texts = self.engine.texts(i for row in found for i, _ in row)
+    def search(self, queries: Sequence[str], k: int = 10) -> list[Ranking]:
+        """The ``k`` best documents of each query, ``(id, score)`` best first."""
+        queries = list(queries)
+        if not queries or k <= 0:
+            return [[] for _ in queries]
+        encoded = self._encode_queries(queries)
+        requests = self._requests(queries, encoded)
+        colbert = "colbert" in self.weights
+        depth = max(k, self.candidates)
+        weighted = self.retriever == "hybrid" and self.fusion == "weighted"
+        if weighted and self.normalize == "minmax":
+            # Min-max is not one of the engine's rankers: one engine search per retriever, fused here.
+            lists = [self.engine.search([r], limit=depth) for r in requests]
+            fused = [self._weighted_minmax([dict(rows[i]) for rows in lists], [r.field for r in requests])
+                     for i in range(len(queries))]
+            if colbert:
+                late = self._colbert(encoded, [list(f) for f in fused])
+                w = self.weights["colbert"]
+                for f, c in zip(fused, late):
+                    for d, s in _minmax(c).items():
+                        f[d] = f.get(d, 0.0) + w * s
+            total = sum(self.weights.values())
+            return [sorted(((d, s / total) for d, s in f.items()), key=lambda x: -x[1])[:k] for f in fused]
+        found = self.engine.search(requests, limit=depth if colbert else k,
+                                   fusion="rrf" if self.retriever == "colbert" else self.fusion,
+                                   weights=[self.weights[r.field] for r in requests], rrf_k=RRF_K,
+                                   normalize=self.normalize == "arctan", candidates=depth)
+        if colbert:
+            found = self._add_colbert(encoded, found)
+        if weighted:  # compute_score divides by the weights' sum
+            total = sum(self.weights.values())
+            found = [[(i, s / total) for i, s in row] for row in found]
+        return [row[:k] for row in found]
+
+    def _weighted_minmax(self, lists: list[dict[str, float]], fields: list[str]) -> dict[str, float]:
+        fused: dict[str, float] = {}
+        for scores, field in zip(lists, fields):
+            for d, s in _minmax(scores).items():
+                fused[d] = fused.get(d, 0.0) + self.weights[field] * s
+        return fused
+
+    def _colbert(self, encoded: list[dict[str, Any]], candidates: list[list[str]]) -> list[dict[str, float]]:
+        """ColBERT scores of each query's candidates: their stored texts encoded as documents."""
+        texts = self.engine.texts(d for row in candidates for d in row)
         ids = list(texts)
         docs = dict(zip(ids, self.client.encode([texts[i] for i in ids], return_dense=False, return_sparse=False,
                                                 return_colbert_vecs=True, input_type="document"))) if ids else {}
         out = []
-        for query, row in zip(encoded, found):
-            row = [(i, s) for i, s in row if i in docs]
-            if not row:
-                out.append([])
-                continue
-            late = colbert_scores(query["colbert"], [docs[i].colbert for i, _ in row])
+        for query, row in zip(encoded, candidates):
+            row = [d for d in row if d in docs]
+            scores = colbert_scores(query["colbert"], [docs[d].colbert for d in row]) if row else []
+            out.append({d: float(s) for d, s in zip(row, scores)})
+        return out
+
+    def _add_colbert(self, encoded: list[dict[str, Any]], found: list[Ranking]) -> list[Ranking]:
+        late = self._colbert(encoded, [[d for d, _ in row] for row in found])
+        out = []
+        for row, scores in zip(found, late):
             if self.retriever == "colbert":
-                fused = [(i, float(c)) for (i, _), c in zip(row, late)]
+                fused = [(d, scores[d]) for d, _ in row if d in scores]
             elif self.fusion == "rrf":  # the engine's RRF continued with ColBERT's ranks of its candidates
-                rank = {row[j][0]: r for r, j in enumerate(np.lexsort((np.arange(len(row)), -late)), 1)}
-                fused = [(i, s + 1.0 / (RRF_K + rank[i])) for i, s in row]
+                order = sorted(scores, key=lambda d: -scores[d])
+                rank = {d: r for r, d in enumerate(order, 1)}
+                fused = [(d, s + 1.0 / (RRF_K + rank[d])) for d, s in row if d in scores]
             else:
                 w = self.weights["colbert"]
-                total = sum(self.weights.values())
-                fused = [(i, (s + w * _normalised(float(c), "colbert")) / total) for (i, s), c in zip(row, late)]
+                norm = (lambda c: _arctan(c, "colbert")) if self.normalize == "arctan" else (lambda c: c)
+                fused = [(d, s + w * norm(scores[d])) for d, s in row if d in scores]
             fused.sort(key=lambda item: -item[1])  # stable: ties keep the engine's order
-            out.append(fused[:k])
+            out.append(fused)
         return out
 
 
