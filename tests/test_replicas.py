@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.core import SpladeClient
-from tests.conftest import ROOT, Server
+from client import core
+from client.core import SpladeClient, parse_urls
+from client.errors import ModelNotFoundError
+from tests.conftest import ROOT, Server, free_port
 
 TEXTS = 3000
 BATCH = "16"  # texts per request: ~190 requests per run, enough to see the spread
@@ -117,6 +119,53 @@ def assert_same(got: dict, expected: dict) -> None:
     for key, (indices, values) in expected.items():
         assert got[key][0] == indices, f"text {key}: other terms than the undisturbed run"
         np.testing.assert_allclose(got[key][1], values, atol=1e-4, err_msg=f"text {key}")
+
+
+# --- the client's choice of server ------------------------------------------------------------
+
+
+def test_parse_urls():
+    assert [str(e) for e in parse_urls(["grpc://a:1,http://b", "c", "grpc://a:1", "dns:///svc.ns:8001"])] == [
+        "grpc://a:1", "http://b:8000", "grpc://c:8001", "dns:///svc.ns:8001"]
+    assert [str(e) for e in parse_urls("dns:///svc", "grpc")] == ["dns:///svc:8001"]
+    for bad, protocol in ((" , ", None), ([], None), ("dns:///svc:1", "http"), ("a:1,ftp://b", None)):
+        with pytest.raises(ValueError):
+            parse_urls(bad, protocol)
+
+
+@pytest.fixture
+def sent(monkeypatch) -> list[str]:
+    """The server of every request the client sends."""
+    calls: list[str] = []
+    original = core._Transport.infer
+
+    async def infer(self, *args):
+        calls.append(str(self.endpoint))
+        return await original(self, *args)
+
+    monkeypatch.setattr(core._Transport, "infer", infer)
+    return calls
+
+
+def test_a_dead_replica_is_failed_over_at_once(replicas, sent):
+    dead = f"grpc://127.0.0.1:{free_port()}"
+    live = f"grpc://{replicas[0].grpc_url}"
+    # No retry (failover alone); one request at a time; a failed server left out for a minute.
+    with SpladeClient([dead, live], retries=0, batch_size=1, max_in_flight=1, backoff=30, max_backoff=60) as client:
+        vectors = client.encode(["what is the capital of france"] * 4, return_tokens=True)
+    assert all(v.tokens[:2] == ("capital", "france") for v in vectors)
+    # The dead one was tried once, then left out while the others went to the live one.
+    assert sent.count(dead) == 1 and sent.count(live) == 4, sent
+
+
+def test_not_found_on_every_replica_is_reported_after_trying_each_once(replicas, sent):
+    urls = [f"http://{s.http_url}" for s in replicas]
+    with SpladeClient(urls, model="nope", retries=3) as client, pytest.raises(ModelNotFoundError, match="'nope'"):
+        client.encode(["a"])
+    assert sorted(sent) == sorted(urls)
+
+
+# --- bulk encodes through disruptions --------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
