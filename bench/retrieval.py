@@ -10,10 +10,12 @@ into the engine by the served ``splade`` pipeline. The hybrid's weights (BM25's 
 and each normalisation at its best weight are measured on the 400 held-out queries
 (ir-measures, as ``evaluate``).
 
-``scale``: synthetic documents (words drawn from the fixture's vocabulary by their
-frequency), encoded by the server once and written into a fresh collection per size: write
-throughput, size on disk per document, and per-query engine latency (p50/p99, queries already
-encoded) of each retriever, against the in-memory :class:`client.scoring.SparseIndex`.
+``scale``: synthetic documents (20-80 words drawn from the fixture's vocabulary by their
+frequency), ``--unique`` of them encoded by the server once (larger sizes repeat them under new
+ids) and written into a fresh collection per size: write throughput, size on disk per
+document, and per-query latency (p50/p99) of each retriever in the engine (queries already
+encoded) and end to end (hybrid, the query encoded by Triton), against the in-memory
+:class:`client.scoring.SparseIndex`.
 Every run records the CPU and the load average beside its figures.
 """
 
@@ -72,7 +74,8 @@ def quality(args: argparse.Namespace) -> dict:
     with SpladeClient(args.url) as client, Engine(args.engine, "bench_quality", pipeline="splade", kind="splade",
                                                   recreate=args.recreate) as engine:
         written = index_documents(client, engine, iter(heldout.corpus.items()), kind="splade")
-        report["index"] = {"written": written.written, "skipped": written.skipped}
+        report["index"] = {"written": written.written, "skipped": written.skipped, "seconds": written.seconds,
+                           "docs_per_s": written.rate}
 
         def measure(qrels, queries, **kw) -> dict:
             r = Retriever(client, engine, kind="splade", **kw)
@@ -123,16 +126,19 @@ def _percentiles(ms: list[float]) -> dict:
 
 def scale(args: argparse.Namespace) -> dict:
     fixture = Path(args.fixture)
-    largest = max(args.docs)
-    texts = _synthetic(fixture, largest)
+    unique = _synthetic(fixture, args.unique)
     queries = [" ".join(t.split()[:4]) for t in _synthetic(fixture, args.queries, seed=11)]
-    report = {"machine_start": machine(), "sizes": {}}
+    report = {"machine_start": machine(), "unique_documents": args.unique, "sizes": {}}
     with SpladeClient(args.url) as client:
         start = time.perf_counter()
-        vectors = client.encode(texts)
-        report["encode_docs_per_s"] = largest / (time.perf_counter() - start)
-        qvectors = client.encode(queries)
+        unique_vectors = client.encode(unique)
+        report["encode_docs_per_s"] = len(unique) / (time.perf_counter() - start)
+        report["doc_terms_mean"] = float(np.mean([len(v) for v in unique_vectors]))
+        qvectors = client.encode(queries, input_type="query")
         for n in sorted(args.docs):
+            # Beyond the encoded documents, the same texts and vectors again under new ids.
+            texts = [unique[i % len(unique)] for i in range(n)]
+            vectors = [unique_vectors[i % len(unique)] for i in range(n)]
             path = Path(args.workdir) / f"scale_{n}.db"
             shutil.rmtree(path, ignore_errors=True)
             ids = [f"doc{i}" for i in range(n)]
@@ -166,7 +172,7 @@ def scale(args: argparse.Namespace) -> dict:
                     ms.append(1000 * (time.perf_counter() - t0))
                 lat["hybrid rrf, query encoded by Triton"] = _percentiles(ms)
             start = time.perf_counter()
-            memory = SparseIndex(ids, vectors[:n])
+            memory = SparseIndex(ids, vectors)
             build_s = time.perf_counter() - start
             ms = []
             for q in qvectors:
@@ -204,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     s = sub.choices["scale"]
     s.add_argument("--docs", type=lambda s: [int(x) for x in s.split(",")], default=[10000, 100000])
     s.add_argument("--queries", type=int, default=200)
+    s.add_argument("--unique", type=int, default=10000, help="documents encoded; larger sizes repeat them")
     s.add_argument("--write-batch", type=int, default=1024)
     s.add_argument("--workdir", default=str(ROOT / "build" / "retrieval"))
     args = p.parse_args(argv)

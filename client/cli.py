@@ -51,7 +51,7 @@ from .engine import DEFAULT_ENGINE
 from .errors import InvalidRequestError, ModelNotFoundError, ServerError, SpladeError
 from .formats import FORMATS, SparseVector, _floats
 from .m3 import M3Embedding, to_flagembedding
-from .retrieval import FUSIONS, NORMALIZATIONS, RETRIEVERS
+from .retrieval import DEFAULT_FUSION, FUSIONS, NORMALIZATIONS, RETRIEVERS
 
 __all__ = ["main"]
 
@@ -386,7 +386,7 @@ def _retriever(args: argparse.Namespace, client, engine, retriever: str | None =
     from .retrieval import Retriever
 
     retriever = retriever or args.retriever or "hybrid"
-    return Retriever(client, engine, kind=args.resolved_kind, retriever=retriever, fusion=fusion or args.fusion or "rrf",
+    return Retriever(client, engine, kind=args.resolved_kind, retriever=retriever, fusion=fusion or args.fusion or DEFAULT_FUSION,
                      weights=args.weights if retriever == "hybrid" else None, normalize=args.normalize,
                      candidates=args.candidates, query_top_k=args.query_top_k)
 
@@ -448,7 +448,7 @@ def _evaluate_engine(args: argparse.Namespace) -> int:
             table[label] = {**measure_run(dataset.qrels, run, measures),
                             "ms/query": 1000 * (time.perf_counter() - t0) / max(len(qids), 1)}
             runs[(retriever, fusion)], labels[(retriever, fusion)] = run, label
-    key = (chosen, None) if chosen != "hybrid" else ("hybrid", args.fusion or "rrf")
+    key = (chosen, None) if chosen != "hybrid" else ("hybrid", args.fusion or DEFAULT_FUSION)
     if args.run:
         write_trec_run(runs[key], args.run, tag=labels[key].split()[0])
     seconds = time.perf_counter() - start
@@ -606,7 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = retrieval.add_argument_group("retrieval (engine)")
     group.add_argument("--retriever", choices=RETRIEVERS,
                        help="bm25, sparse, dense / colbert (BGE-M3), or hybrid (default hybrid)")
-    group.add_argument("--fusion", choices=FUSIONS, help="hybrid: rrf (default) or weighted")
+    group.add_argument("--fusion", choices=FUSIONS, help=f"hybrid: rrf or weighted (default {DEFAULT_FUSION})")
     group.add_argument("--weights", help="hybrid: retriever=weight list, e.g. bm25=0.4,sparse=0.6 (default: "
                                          "SPLADE bm25=0.4,sparse=0.6; BGE-M3 sparse=0.2,dense=0.4,colbert=0.4); "
                                          "with --score: BGE-M3 dense,sparse,colbert")

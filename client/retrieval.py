@@ -49,11 +49,12 @@ from .core import BgeM3Client, SpladeClient, batched
 from .engine import Engine, Request, bm25_terms
 from .m3 import colbert_scores
 
-__all__ = ["DEFAULT_WEIGHTS", "FUSIONS", "NORMALIZATIONS", "RETRIEVERS", "IndexReport", "Retriever", "index_documents",
+__all__ = ["DEFAULT_FUSION", "DEFAULT_WEIGHTS", "FUSIONS", "NORMALIZATIONS", "RETRIEVERS", "IndexReport", "Retriever", "index_documents",
            "parse_weights", "retrievers_of"]
 
 RETRIEVERS = ("bm25", "sparse", "dense", "colbert", "hybrid")
 FUSIONS = ("rrf", "weighted")
+DEFAULT_FUSION = "weighted"
 ENGINE_PARTS = ("bm25", "sparse", "dense")
 RRF_K = 60
 NORMALIZATIONS = ("minmax", "none", "arctan")
@@ -129,7 +130,7 @@ class Retriever:
     """
 
     def __init__(self, client: SpladeClient | BgeM3Client, engine: Engine, *, kind: str,
-                 retriever: str = "hybrid", fusion: str = "rrf", weights: str | Mapping[str, float] | None = None,
+                 retriever: str = "hybrid", fusion: str = DEFAULT_FUSION, weights: str | Mapping[str, float] | None = None,
                  normalize: str | None = None, candidates: int = 100, query_top_k: int | None = None):
         if retriever not in RETRIEVERS:
             raise ValueError(f"unknown retriever {retriever!r}; choose one of {', '.join(RETRIEVERS)}")

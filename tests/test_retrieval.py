@@ -129,7 +129,8 @@ def test_evaluate_writes_the_run_and_a_table_of_retrievers(tmp_path, splade_inde
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["collection"] == "splade_beir_tiny" and report["retriever"] == "hybrid bm25+sparse (rrf)"
+    assert report["collection"] == "splade_beir_tiny"
+    assert report["retriever"] == "hybrid bm25+sparse (weighted minmax bm25=0.4,sparse=0.6)"
     assert list(report["table"]) == ["bm25", "sparse", "hybrid bm25+sparse (rrf)",
                                      "hybrid bm25+sparse (weighted minmax bm25=0.4,sparse=0.6)"]
     qrels = load_beir(BEIR).qrels
@@ -274,7 +275,7 @@ def test_bge_m3_retrievers_in_the_engine(capsys, tmp_path, bge_m3_server):
     args = ("--model", "bge_m3", "--candidates", "40")
     dense = search(capsys, url, engine, *args, "--retriever", "dense")
     colbert = search(capsys, url, engine, *args, "--retriever", "colbert")
-    weighted = search(capsys, url, engine, *args, "--fusion", "weighted")
+    weighted = search(capsys, url, engine, *args)  # the default: weighted as compute_score
     dense_matrix = np.stack([q.dense for q in queries]) @ np.stack([d.dense for d in docs]).T
     for q, answer_d, answer_c, answer_w in zip(queries, dense, colbert, weighted):
         hits = answer_d["hits"]
