@@ -2,7 +2,8 @@
 
 The replicas run as in the cluster (deploy/k8s: the launcher with
 ``--model-control-mode none``, where Triton's own shutdown refuses requests
-with NOT_FOUND "unknown model" before it closes its ports). The client
+with NOT_FOUND "unknown model" before it closes its ports); the rolling
+restart also with the launcher's drain (explicit mode). The client
 (``python -m client encode`` with two ``--url``) must finish with every text
 encoded exactly once and the same vector as an undisturbed run, while one
 replica is stopped and restarted (a rolling restart), and, in another run,
@@ -187,7 +188,22 @@ def test_the_load_is_spread_over_replicas(undisturbed, capsys):
         print(f"\n{undisturbed[1]}")
 
 
-def test_rolling_restart_of_a_replica_loses_no_text(replicas, corpus, undisturbed, tmp_path, capsys):
+def replace(replicas: list[Server], i: int, mode: str) -> Server:
+    """A new replica ``i`` in ``mode`` on the same ports (the old one must have exited)."""
+    old = replicas[i]
+    old.stop()  # cleans up after it (leftover processes, /dev/shm regions)
+    ports = (old.http_port, old.grpc_port, old.metrics_port)
+    log = old.log_path.with_name(f"replica-{i}-{mode}-{time.monotonic_ns()}.log")
+    replicas[i] = Server(old.repository, log, launcher_args=("--model-control-mode", mode), ports=ports)
+    return replicas[i]
+
+
+# none: as in the cluster (Triton's own shutdown, after the preStop delay); explicit: the
+# launcher's default, whose drain refuses new requests with UNAVAILABLE first.
+@pytest.mark.parametrize("mode", ["none", "explicit"])
+def test_rolling_restart_of_a_replica_loses_no_text(replicas, corpus, undisturbed, tmp_path, capsys, mode):
+    if f"--model-control-mode {mode}" not in " ".join(replicas[0].launcher_args):
+        replace(replicas, 0, mode).wait_ready()
     first, other = replicas
     output = tmp_path / "vectors.jsonl"
     before = [served(s) for s in replicas]
@@ -196,11 +212,10 @@ def test_rolling_restart_of_a_replica_loses_no_text(replicas, corpus, undisturbe
     at_stop = served(first) - before[0]
     first.send_signal(signal.SIGTERM)  # what Kubernetes sends after the preStop delay
     assert first.process.wait(120) == 0, first.log()[-3000:]
+    if mode == "explicit":
+        assert re.search(r"splade-triton: drained in [0-9.]+ s", first.log()), first.log()[-3000:]
     written_at_stop = lines_in(output)
-    ports = (first.http_port, first.grpc_port, first.metrics_port)
-    replacement = Server(first.repository, first.log_path.with_name("replica-0-restarted.log"),
-                         launcher_args=CLUSTER_MODE, ports=ports)
-    replicas[0] = replacement
+    replacement = replace(replicas, 0, mode)
     replacement.wait_ready()
     back_at = lines_in(output)
     log = finish(process)
@@ -208,9 +223,9 @@ def test_rolling_restart_of_a_replica_loses_no_text(replicas, corpus, undisturbe
     assert_same(vectors(output), undisturbed[0])
     assert at_stop > 0 and counts[2] > 0, f"requests per replica: {counts}"
     with capsys.disabled():
-        print(f"\nrolling restart: replica 0 stopped at {written_at_stop}/{TEXTS} texts, back at {back_at}; "
-              f"requests: replica 0 {at_stop} before its stop + {counts[1]} after its restart, replica 1 {counts[2]}; "
-              f"{failovers(log)}; {log.strip().splitlines()[-1]}")
+        print(f"\nrolling restart, model control {mode}: replica 0 stopped at {written_at_stop}/{TEXTS} texts, "
+              f"back at {back_at}; requests: replica 0 {at_stop} before its stop + {counts[1]} after its restart, "
+              f"replica 1 {counts[2]}; {failovers(log)}; {log.strip().splitlines()[-1]}")
 
 
 def test_a_replica_killed_with_sigkill_loses_no_text(replicas, corpus, undisturbed, tmp_path, capsys):
