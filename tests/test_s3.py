@@ -4,8 +4,8 @@ the launcher in model-control mode none, as deploy/k8s runs it."""
 
 from __future__ import annotations
 
-import sys
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
