@@ -404,7 +404,7 @@ class _AsyncClient:
         return choices[next(self._turn) % len(choices)]
 
     def _failed(self, endpoint: Endpoint) -> None:
-        failures = self._down.get(endpoint, (0.0, 0))[1] + 1
+        failures = min(self._down.get(endpoint, (0.0, 0))[1] + 1, 30)  # 2**failures stays a float
         self._down[endpoint] = (time.monotonic() + min(self.max_backoff, self.backoff * 2**failures), failures)
 
     async def _call(self, fn: Callable[[_Transport], Awaitable[T]], retries: int | None = None) -> T:
