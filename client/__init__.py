@@ -11,7 +11,8 @@
     with BgeM3Client("grpc://127.0.0.1:8001") as m3:               # a bge_m3 pipeline
         out = to_flagembedding(m3.encode(texts, return_dense=True, return_sparse=True, return_colbert_vecs=True))
 
-``python -m client --help`` lists the commands (embed, encode, search, evaluate, health).
+``python -m client --help`` lists the commands (embed, encode, index, search, evaluate, health);
+hybrid retrieval in a search engine: :mod:`client.engine`, :mod:`client.retrieval`.
 """
 
 import logging

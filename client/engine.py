@@ -128,7 +128,8 @@ class Engine:
             local = {} if "://" in uri else {"grpc_options": {"grpc.keepalive_time_ms": 2**31 - 1}}
             self._client = MilvusClient(uri=uri, timeout=timeout, **local)
         except Exception as exc:  # pymilvus raises MilvusException and others (bad URI, lock held)
-            hint = "" if "://" in uri else " (Milvus Lite opens a data folder in one process at a time)"
+            hint = "" if "://" in uri else (" (is the folder writable, and not open in another process? Milvus "
+                                            "Lite opens a data folder in one process at a time)")
             raise EngineError(f"cannot reach the search engine at {uri}: {_one_line(exc)}{hint}") from None
         self.dense_dim = self._check(recreate)
         if recreate and self.exists:
