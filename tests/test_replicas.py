@@ -170,22 +170,23 @@ def test_not_found_on_every_replica_is_reported_after_trying_each_once(replicas,
 
 
 @pytest.fixture(scope="module")
-def undisturbed(replicas, corpus, tmp_path_factory) -> dict:
-    """The reference: the same encode with both replicas up (one comma-separated --url)."""
+def undisturbed(replicas, corpus, tmp_path_factory) -> tuple[dict, list[int], str]:
+    """The reference: the same encode with both replicas up (one comma-separated --url);
+    its vectors, the requests each replica answered, and the encode's summary line."""
     output = tmp_path_factory.mktemp("undisturbed") / "vectors.jsonl"
     before = [served(s) for s in replicas]
     log = finish(encode([",".join(f"grpc://{s.grpc_url}" for s in replicas)], corpus, output))
     counts = [served(s) - b for s, b in zip(replicas, before)]
-    result = vectors(output)
-    assert len(result) == TEXTS, log[-2000:]
-    # Round-robin: each replica answers about half of the requests.
-    assert min(counts) >= 0.3 * sum(counts), f"requests per replica: {counts}"
-    return result, f"undisturbed: requests per replica {counts}; {log.strip().splitlines()[-1]}"
+    return vectors(output), counts, log.strip().splitlines()[-1]
 
 
 def test_the_load_is_spread_over_replicas(undisturbed, capsys):
+    result, counts, summary = undisturbed
+    assert len(result) == TEXTS, summary
+    # Round-robin: each replica answers about half of the requests.
+    assert min(counts) >= 0.3 * sum(counts), f"requests per replica: {counts}"
     with capsys.disabled():
-        print(f"\n{undisturbed[1]}")
+        print(f"\nundisturbed: requests per replica {counts}; {summary}")
 
 
 def replace(replicas: list[Server], i: int, mode: str) -> Server:
