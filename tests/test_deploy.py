@@ -42,14 +42,34 @@ def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
     return found[0]
 
 
+CONNECTION_AGE = {"--grpc-max-connection-age": "60000", "--grpc-max-connection-age-grace": "60000"}
+
+
 def flags(args: list[str]) -> dict[str, str]:
-    """``--name=value`` arguments by name."""
+    """``--name=value`` arguments by name (the launcher's and, after ``--``, tritonserver's)."""
     out = {}
     for arg in args:
+        if arg == "--":
+            continue
         name, sep, value = arg.partition("=")
         assert sep and name.startswith("--"), f"arguments are written --name=value here, got {arg!r}"
         out[name] = value
     return out
+
+
+def check_argument_owners(args: list[str]) -> None:
+    """Before ``--`` only the launcher's options; after it only flags this tritonserver knows."""
+    launcher_part, _, server_part = (args[:args.index("--")], None, args[args.index("--") + 1:]) \
+        if "--" in args else (args, None, [])
+    launcher = set(re.findall(r'add_argument\("(--[a-z-]+)"', (ROOT / "splade_triton" / "launcher" / "serve.py").read_text()))
+    unknown = set(flags(launcher_part)) - launcher
+    assert not unknown, f"not options of the launcher: {unknown}"
+    if server_part:
+        binary = command(ServerOptions("r"))[0]  # this environment's tritonserver (2.51; the image's is newer)
+        done = subprocess.run([binary, "--help"], capture_output=True, text=True)
+        usage = done.stdout + done.stderr
+        unknown = {name for name in flags(server_part) if f"{name} " not in usage}
+        assert not unknown, f"not flags of tritonserver: {unknown}"
 
 
 def quantity(text) -> float:
@@ -137,10 +157,14 @@ def launcher_settings(overlay: str, container: dict) -> dict[str, str]:
         entrypoint = (ROOT / "docker" / "entrypoint.sh").read_text()
         assert '--model-control-mode "${SPLADE_MODEL_CONTROL_MODE:-explicit}"' in entrypoint
         exit_timeout = re.search(r"--exit-timeout (\d+)", entrypoint).group(1)
+        assert '-- "$@"' in entrypoint  # the container's arguments go to tritonserver
+        check_argument_owners(["--", *container["args"]])
         return {"--model-control-mode": env["SPLADE_MODEL_CONTROL_MODE"], "--exit-timeout": exit_timeout,
                 "--host": re.search(r"--host (\S+)", entrypoint).group(1),
-                "--http-port": "8000", "--grpc-port": "8001", "--metrics-port": "8002"}  # the launcher's defaults
+                "--http-port": "8000", "--grpc-port": "8001", "--metrics-port": "8002",  # the launcher's defaults
+                **flags(container["args"])}
     assert container["command"] == ["python3", "-m", "splade_triton.launcher"]
+    check_argument_owners(container["args"])
     return flags(container["args"])
 
 
@@ -151,6 +175,8 @@ def test_the_deployment(rendered, overlay, repository, bge_m3_repository):
     settings = launcher_settings(overlay, container)
     assert settings["--model-control-mode"] == "none"
     assert settings["--host"] == "0.0.0.0"
+    # gRPC connections aged out, so that clients of the headless Service resolve it again.
+    assert settings.items() >= CONNECTION_AGE.items()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": int(settings["--http-port"]), "grpc": int(settings["--grpc-port"]),
                      "metrics": int(settings["--metrics-port"])}
@@ -303,9 +329,11 @@ def test_kserve_runtime_and_inference_service(rendered):
     volumes = {v["name"]: v for v in runtime["spec"]["volumes"]}
     (shm,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
     assert volumes[shm["name"]]["emptyDir"]["medium"] == "Memory"
+    check_argument_owners(container["args"])
     settings = flags(container["args"])
     assert settings["--model-repository"] == "/mnt/models"  # where the storage initializer puts storageUri
     assert settings["--model-control-mode"] == "none"
+    assert settings.items() >= CONNECTION_AGE.items()
     assert [p["containerPort"] for p in container["ports"]] == [int(settings["--http-port"])] == [8080]
     assert "triton" in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
     assert "v2" in runtime["spec"]["protocolVersions"]
