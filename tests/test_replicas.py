@@ -79,18 +79,23 @@ def served(server: Server) -> int:
 
 
 def encode(urls: list[str], corpus: Path, output: Path) -> subprocess.Popen:
-    """The bulk encode, as a user runs it: ``python -m client encode --url A --url B ...``."""
+    """The bulk encode, as a user runs it: ``python -m client encode --url A --url B ...``;
+    its output (retries with --verbose, then the summary) in ``output``.log."""
     args = [sys.executable, "-m", "client", "encode", *[a for u in urls for a in ("--url", u)],
             "--input", str(corpus), "--output", str(output), "--progress", "off",
             "--batch-size", BATCH, "--max-in-flight", IN_FLIGHT, "--verbose"]
-    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(output.with_suffix(".log"), "wb") as log:  # a file, not a pipe that could fill up
+        process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    process.log_path = output.with_suffix(".log")
+    return process
 
 
 def finish(process: subprocess.Popen) -> str:
-    """The encode's stderr (its retries, with --verbose) then stdout (its summary, last)."""
-    out, err = process.communicate(timeout=600)
-    assert process.returncode == 0, f"the encode failed ({process.returncode}): {err[-2000:]}"
-    return err + out
+    """The encode's output, once it has exited 0."""
+    process.wait(600)
+    log = process.log_path.read_text()
+    assert process.returncode == 0, f"the encode failed ({process.returncode}): {log[-2000:]}"
+    return log
 
 
 def failovers(log: str) -> str:
