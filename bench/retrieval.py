@@ -2,6 +2,7 @@
 
     python -m bench.retrieval quality --url grpc://127.0.0.1:8001 --fixture build/finetune/stdlib
     python -m bench.retrieval scale --url grpc://127.0.0.1:8001 --docs 10000,100000
+    python -m bench.retrieval latency --url grpc://127.0.0.1:8001 --docs 10000,100000
 
 ``quality``: the real-text fixture of docs/finetuning.md (``python -m train.fixture``), indexed
 into the engine by the served ``splade`` pipeline. The hybrid's weights (BM25's weight, the sparse one
@@ -15,7 +16,8 @@ frequency), ``--unique`` of them encoded by the server once (larger sizes repeat
 ids) and written into a fresh collection per size: write throughput, size on disk per
 document, and per-query latency (p50/p99) of each retriever in the engine (queries already
 encoded) and end to end (hybrid, the query encoded by Triton), against the in-memory
-:class:`client.scoring.SparseIndex`.
+:class:`client.scoring.SparseIndex`. ``latency``: the end-to-end figures alone again, on the
+collections ``scale`` left in ``--workdir``.
 Every run records the CPU and the load average beside its figures.
 """
 
@@ -163,14 +165,15 @@ def scale(args: argparse.Namespace) -> dict:
                         engine.search(one, limit=10, fusion="rrf", candidates=100)
                         ms.append(1000 * (time.perf_counter() - t0))
                     lat[name] = _percentiles(ms)
-                # The same end to end: Triton encodes the query, the engine searches.
-                retriever = Retriever(client, engine, kind="splade", retriever="hybrid", fusion="rrf")
-                ms = []
-                for q in queries:
-                    t0 = time.perf_counter()
-                    retriever.search([q], 10)
-                    ms.append(1000 * (time.perf_counter() - t0))
-                lat["hybrid rrf, query encoded by Triton"] = _percentiles(ms)
+                # End to end: Triton encodes the query, the engine searches (and the client fuses).
+                for fusion in ("rrf", "weighted"):
+                    retriever = Retriever(client, engine, kind="splade", retriever="hybrid", fusion=fusion)
+                    ms = []
+                    for q in queries:
+                        t0 = time.perf_counter()
+                        retriever.search([q], 10)
+                        ms.append(1000 * (time.perf_counter() - t0))
+                    lat[f"{retriever.describe()}, query encoded by Triton"] = _percentiles(ms)
             start = time.perf_counter()
             memory = SparseIndex(ids, vectors)
             build_s = time.perf_counter() - start
@@ -192,11 +195,35 @@ def scale(args: argparse.Namespace) -> dict:
     return report
 
 
+def latency(args: argparse.Namespace) -> dict:
+    """End-to-end query latency of each hybrid fusion on the collections ``scale`` left behind."""
+    queries = [" ".join(t.split()[:4]) for t in _synthetic(Path(args.fixture), args.queries, seed=11)]
+    report = {"machine_start": machine(), "sizes": {}}
+    with SpladeClient(args.url) as client:
+        client.encode(queries[:8], input_type="query")  # warm
+        for n in sorted(args.docs):
+            with Engine(str(Path(args.workdir) / f"scale_{n}.db"), "bench_scale", pipeline="splade",
+                        kind="splade") as engine:
+                out = {"documents": engine.count()}
+                for fusion in ("rrf", "weighted"):
+                    retriever = Retriever(client, engine, kind="splade", retriever="hybrid", fusion=fusion)
+                    ms = []
+                    for q in queries:
+                        t0 = time.perf_counter()
+                        retriever.search([q], 10)
+                        ms.append(1000 * (time.perf_counter() - t0))
+                    out[f"{retriever.describe()}, query encoded by Triton"] = _percentiles(ms)
+            report["sizes"][n] = out
+            print(json.dumps({n: out}, indent=1), flush=True)
+    report["machine_end"] = machine()
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.retrieval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("quality", "scale"):
+    for name in ("quality", "scale", "latency"):
         s = sub.add_parser(name)
         s.add_argument("--url", default="grpc://127.0.0.1:8001")
         s.add_argument("--fixture", default=str(ROOT / "build" / "finetune" / "stdlib"))
@@ -213,12 +240,16 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--unique", type=int, default=10000, help="documents encoded; larger sizes repeat them")
     s.add_argument("--write-batch", type=int, default=1024)
     s.add_argument("--workdir", default=str(ROOT / "build" / "retrieval"))
+    t = sub.choices["latency"]
+    t.add_argument("--docs", type=lambda s: [int(x) for x in s.split(",")], default=[10000, 100000])
+    t.add_argument("--queries", type=int, default=200)
+    t.add_argument("--workdir", default=str(ROOT / "build" / "retrieval"))
     args = p.parse_args(argv)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     if args.command == "scale":
         Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    report = quality(args) if args.command == "quality" else scale(args)
+    report = {"quality": quality, "scale": scale, "latency": latency}[args.command](args)
     report["versions"] = {k: version(k) for k in ("pymilvus", "milvus-lite", "bm25s", "ir-measures")}
     text = json.dumps(report, indent=1)
     print(text)

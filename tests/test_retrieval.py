@@ -138,7 +138,7 @@ def test_evaluate_writes_the_run_and_a_table_of_retrievers(tmp_path, splade_inde
     theirs = ir_measures.calc_aggregate([ir_measures.nDCG @ 10, ir_measures.R @ 100], qrels, run)
     assert report["metrics"]["nDCG@10"] == pytest.approx(theirs[ir_measures.nDCG @ 10], abs=1e-9)
     assert report["metrics"]["Recall@100"] == pytest.approx(theirs[ir_measures.R @ 100], abs=1e-9)
-    # Observed: bm25 0.96, sparse 0.99, hybrids 0.98 nDCG@10 on this easy fixture.
+    # Observed: about 0.99 nDCG@10 for every row on this easy fixture.
     assert all(row["nDCG@10"] > 0.85 for row in report["table"].values())
 
 
