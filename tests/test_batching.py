@@ -13,6 +13,18 @@ def test_short_texts_are_not_padded_to_a_long_one():
         assert chunk.size * max(lengths[i] for i in chunk) <= 8192
 
 
+def test_short_texts_beside_a_long_documents_windows_run_on_their_own():
+    # Four queries and the windows of a chunked document: the budget alone fits
+    # the queries into the first chunk of windows, padded to 512.
+    lengths = [12] * 4 + [512] * 98 + [20]
+    chunks = plan_chunks(lengths, max_batch_tokens=8192)
+    short = {0, 1, 2, 3, 102}
+    assert any(set(c.tolist()) == short for c in chunks)
+    assert all(set(c.tolist()) <= short or not set(c.tolist()) & short for c in chunks)
+    # Gradual lengths are not split by it: one chunk within the budget.
+    assert len(plan_chunks(list(range(10, 60)), max_batch_tokens=8192)) == 1
+
+
 @pytest.mark.parametrize("budget,max_size", [(1, 0), (64, 0), (1000, 0), (1000, 7), (10**6, 3)])
 def test_every_text_exactly_once_within_budget(budget, max_size):
     lengths = np.random.default_rng(1).integers(2, 300, size=97)

@@ -6,6 +6,9 @@ import numpy as np
 
 __all__ = ["plan_chunks"]
 
+# A jump smaller than this many tokens costs too little padding to be worth another call.
+_JUMP_TOKENS = 16
+
 
 def plan_chunks(lengths, max_batch_tokens: int, max_batch_size: int = 0) -> list[np.ndarray]:
     """Group texts of similar length into chunks bounded by a token budget.
@@ -17,6 +20,11 @@ def plan_chunks(lengths, max_batch_tokens: int, max_batch_size: int = 0) -> list
     forty short rows and a chunk of one long row, not a 41 x 512 batch. A text
     longer than the budget still runs, alone.
 
+    Nor does a chunk cross a jump in length (a row more than twice as long as
+    the one before it, and 16 tokens longer): four queries that fit the budget
+    beside a long document's 512-token windows still run on their own, not
+    padded to 512 (the budget alone would have packed them together).
+
     Returns the positions (into ``lengths``) of each chunk, shortest first.
     """
     if max_batch_tokens < 1:
@@ -25,16 +33,19 @@ def plan_chunks(lengths, max_batch_tokens: int, max_batch_size: int = 0) -> list
     order = np.argsort(lengths, kind="stable")
     ordered = lengths[order]
     chunks: list[np.ndarray] = []
-    start, n = 0, order.size
-    while start < n:
-        # Sorted ascending, so a chunk of k texts from ``start`` pads to
-        # ordered[start + k - 1]: its size k * that length grows with k, and
-        # the largest k within the budget is one binary search (a loop per
-        # chunk, not per text).
-        padded = np.arange(1, n - start + 1) * ordered[start:]
-        take = max(int(np.searchsorted(padded, max_batch_tokens, side="right")), 1)
-        if max_batch_size:
-            take = min(take, max_batch_size)
-        chunks.append(order[start : start + take])
-        start += take
+    # Segments between jumps in length; chunks are cut within each.
+    jumps = np.flatnonzero(ordered[1:] > 2 * ordered[:-1] + _JUMP_TOKENS) + 1
+    for first, end in zip([0, *jumps.tolist()], [*jumps.tolist(), order.size]):
+        start = first
+        while start < end:
+            # Sorted ascending, so a chunk of k texts from ``start`` pads to
+            # ordered[start + k - 1]: its size k * that length grows with k, and
+            # the largest k within the budget is one binary search (a loop per
+            # chunk, not per text).
+            padded = np.arange(1, end - start + 1) * ordered[start:end]
+            take = max(int(np.searchsorted(padded, max_batch_tokens, side="right")), 1)
+            if max_batch_size:
+                take = min(take, max_batch_size)
+            chunks.append(order[start : start + take])
+            start += take
     return chunks

@@ -81,10 +81,15 @@ class TritonPythonModel:
         self._tokenizers = {}
         self.n_special = {side: special_count(self._tokenizer(side, "right"), self.special[side]) for side in SIDES}
         for side in SIDES:
-            if s["chunk_overlap"] >= self.lengths[side] - self.n_special[side]:
+            # At most half a window: the tokenizer builds every window before
+            # max_windows is checked, and an overlap near the window's length
+            # would make a window per few tokens (gigabytes for one request).
+            content = self.lengths[side] - self.n_special[side]
+            if s["chunk_overlap"] > content // 2:
                 raise ValueError(
-                    f"model parameter chunk_overlap={s['chunk_overlap']} of model '{self.name}' must be below the "
-                    f"{side} side's {self.lengths[side]} tokens minus its {self.n_special[side]} special tokens"
+                    f"model parameter chunk_overlap={s['chunk_overlap']} of model '{self.name}' must be at most half "
+                    f"the {side} side's window: ({self.lengths[side]} tokens - {self.n_special[side]} special) / 2 "
+                    f"= {content // 2}"
                 )
         self.outputs = {o["name"] for o in config.get("output", [])}
         # The steps after this one aggregate windows only where the config routes text_index to them.
