@@ -85,7 +85,8 @@ def _sparse(vector: SparseVector) -> dict[int, float]:
 @dataclass(frozen=True)
 class Request:
     """One engine retriever's part of a query: ``field`` (bm25, sparse, dense) and the query data
-    (a text for bm25, ``{index: weight}`` for sparse, a list of floats for dense), one per query."""
+    (the query's :func:`bm25_terms` for bm25, ``{index: weight}`` for sparse, a list of floats
+    for dense), one per query."""
 
     field: str
     data: list[Any]
@@ -131,10 +132,14 @@ class Engine:
             hint = "" if "://" in uri else (" (is the folder writable, and not open in another process? Milvus "
                                             "Lite opens a data folder in one process at a time)")
             raise EngineError(f"cannot reach the search engine at {uri}: {_one_line(exc)}{hint}") from None
-        self.dense_dim = self._check(recreate)
-        if recreate and self.exists:
-            self._call("drop_collection", self._client.drop_collection, self.collection)
-            self.dense_dim = None
+        try:
+            self.dense_dim = self._check(recreate)
+            if recreate and self.exists:
+                self._call("drop_collection", self._client.drop_collection, self.collection)
+                self.dense_dim = None
+        except EngineError:
+            self.close()  # a refused collection leaves nothing open (Lite: its folder's lock)
+            raise
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
