@@ -1,4 +1,4 @@
-"""``python -m client``: embed, bulk-encode, search, evaluate, and check the service.
+"""``python -m client``: embed, bulk-encode, index into a search engine, search, evaluate, and check the service.
 
 Every command talks to the server given by ``--url`` (default ``$SPLADE_URL``,
 else ``grpc://127.0.0.1:8001``; repeated or comma-separated: replicas, requests
