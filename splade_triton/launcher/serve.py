@@ -46,20 +46,31 @@ def _kill_server(process: subprocess.Popen) -> None:
 def serve(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
     """Run tritonserver under the launcher until it exits or a signal stops it.
 
-    Returns the exit status: 0 after a clean stop. Must run in the main thread
-    (it handles SIGINT and SIGTERM).
+    Returns the exit status: 0 after a clean stop; non-zero when, in
+    model-control mode none, a Python-backend stub died (the model cannot be
+    reloaded there, so tritonserver is stopped for a restart). Must run in the
+    main thread (it handles SIGINT and SIGTERM).
     """
     # stdin: a process group other than the terminal's must not read from it.
     process = subprocess.Popen(command(options), env=environment(), stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     admin = Admin(options.host, options.http_port, options.admin_key)
-    supervisor = None
-    if options.model_control_mode == "explicit":
-        supervisor = Supervisor(process.pid, admin)
-        supervisor.start()
-
     signals: list[int] = []
     stop = threading.Event()
     terminated = []
+    dead_stub: list[str] = []
+
+    def on_dead_stub(message: str) -> None:
+        # Mode none cannot reload the model: its requests would fail INTERNAL while
+        # the server still reads ready. Stop, and exit non-zero so that whatever
+        # runs the launcher (a Deployment's restart policy) starts it afresh.
+        dead_stub.append(message)
+        log(f"{message}; model-control mode none cannot reload it: stopping tritonserver")
+        stop.set()
+
+    # Explicit mode reloads a model whose stub died; mode none can only report it.
+    supervisor = Supervisor(process.pid, admin,
+                            on_dead=on_dead_stub if options.model_control_mode == "none" else None)
+    supervisor.start()
 
     def terminate():
         if not terminated and process.poll() is None:
@@ -79,7 +90,7 @@ def serve(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
         if process.poll() is not None:
             break
     start = time.monotonic()
-    if supervisor is not None and not supervisor.stop(drain_timeout_s):
+    if not supervisor.stop(drain_timeout_s):
         log("supervisor still reloading a model; draining anyway")
 
     drained = False
@@ -90,7 +101,7 @@ def serve(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
         except (OSError, ValueError) as e:
             log(f"drain failed: {e}")
         log(f"drained in {time.monotonic() - start:.1f} s" if drained else "drain incomplete; stopping anyway")
-    regions = mapped_regions(process.pid) | (supervisor.shm_regions if supervisor is not None else set())
+    regions = mapped_regions(process.pid) | supervisor.shm_regions
     if drained:
         # Nothing is in flight. Triton's own exit would now unload the models
         # while still accepting requests, which then fail NOT_FOUND (final for
@@ -108,6 +119,9 @@ def serve(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
         return_code = 128 - return_code  # killed by a signal, as a shell reports it
     # Left behind by a dead stub's model, or by a tritonserver that was killed.
     remove_regions(regions)
+    if dead_stub:
+        return_code = return_code or 1
+        log(f"exiting {return_code}: {dead_stub[0]} (model-control mode none cannot reload it; restart the server)")
     return return_code
 
 

@@ -1,4 +1,5 @@
-"""Reload a model whose Python-backend stub process died (this Triton build never restarts one)."""
+"""Reload a model whose Python-backend stub process died (this Triton build never restarts one);
+where models cannot be reloaded (model-control mode none), report it so the server is restarted."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from typing import Callable
 
 from splade_triton.launcher.admin import Admin
 from splade_triton.launcher.stubs import StubProcess, stub_processes
@@ -33,10 +35,14 @@ class Supervisor(threading.Thread):
     instances, it is unloaded and loaded with the admin key (Triton reloads the
     ensembles built on it); any other model READY before is loaded again. It
     assumes nobody else reloads models meanwhile.
+
+    With ``on_dead`` (model-control mode none, where Triton refuses to reload),
+    nothing is reloaded: ``on_dead(message)`` is called once, naming the model,
+    and the supervisor stops watching.
     """
 
     def __init__(self, server_pid: int, admin: Admin, interval_s: float = 0.5,
-                 processes=stub_processes):
+                 processes=stub_processes, on_dead: Callable[[str], None] | None = None):
         super().__init__(name="stub-supervisor", daemon=True)
         self.server_pid = server_pid
         self.admin = admin
@@ -46,6 +52,7 @@ class Supervisor(threading.Thread):
         # stub's model is never unloaded by this Triton build, nor its region.
         self.shm_regions: set[str] = set()
         self.seen: set[str] = set()
+        self.on_dead = on_dead
         self._stop = threading.Event()
         self._busy = threading.Lock()
 
@@ -75,7 +82,11 @@ class Supervisor(threading.Thread):
         except (OSError, ValueError):
             return expected, last_pids  # not up yet, or stopping; look again next time
         dead = dead_models(expected, current, self.seen)
-        if dead:
+        if dead and self.on_dead is not None:
+            self._stop.set()
+            self.on_dead("; ".join(f"{expected[m] - live[m]} of {expected[m]} Python-backend stub(s) of model '{m}' died"
+                                   for m in dead))
+        elif dead:
             try:
                 self._recover(dead, live, expected, states)
             except (OSError, ValueError) as e:
