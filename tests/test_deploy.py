@@ -301,13 +301,32 @@ def test_the_hpa_asks_for_the_metric_the_adapter_serves(rendered, overlay):
     assert metric["pods"]["metric"]["name"] == served
 
 
-def test_the_rule_groups_per_pod_and_names_a_model_of_the_repository(repository):
+def test_the_rule_selects_every_pipelines_encoder_per_pod_and_model(repository, bge_m3_repository):
     expr = recording_rule()["expr"]
-    models = set(re.findall(r'model="([^"]+)"', expr))
-    assert models, "the rule selects no model"
-    for model in models:
-        assert (repository / model / "config.pbtxt").is_file(), f"the rule's model {model!r} is not in the repository"
-    assert expr.count("sum by (namespace, pod)") == 2
+    selectors = set(re.findall(r'model=~"([^"]+)"', expr))
+    assert len(selectors) == 1 and 'model="' not in expr, f"one model regex for every counter: {expr}"
+    (selector,) = selectors
+    # Every model the assembled repositories serve; the encoders are `<pipeline>_encoder`.
+    models = {c.parent.name for r in (repository, bge_m3_repository) for c in r.glob("*/config.pbtxt")}
+    encoders = {f"{name}_encoder" for name in ("splade", "bge_m3")}
+    assert encoders <= models, f"no {encoders - models} in the assembled repositories"
+    # Prometheus anchors its regexes at both ends: fullmatch.
+    assert {m for m in models if re.fullmatch(selector, m)} == encoders
+    # Per model, then per pod: each encoder's queue per request, the pod's largest. An average
+    # over models (a pod with several pipelines, one idle) would dilute the busy one.
+    assert expr.count("sum by (namespace, pod, model)") == 2
+    assert expr.lstrip().startswith("max by (namespace, pod) (")
+    assert "nv_inference_queue_duration_us" in expr and "nv_inference_request_success" in expr
+
+
+def test_the_target_is_a_queue_time_budget_in_seconds(rendered):
+    hpa = one(rendered["overlays/cpu"], "HorizontalPodAutoscaler")
+    (metric,) = hpa["spec"]["metrics"]
+    target = metric["pods"]["target"]
+    assert target["type"] == "AverageValue"
+    # 50-100 ms of queueing at the encoder (docs/deploy.md): not a ratio, not microseconds.
+    assert 0.05 <= quantity(target["averageValue"]) <= 0.1, target
+    assert "/ 1e6" in recording_rule()["expr"]  # Triton counts microseconds
 
 
 def test_monitoring_selects_the_pods_metrics_port(rendered):
