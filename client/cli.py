@@ -597,8 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     engine_opts = argparse.ArgumentParser(add_help=False)
     group = engine_opts.add_argument_group("search engine")
     group.add_argument("--engine", default=None,
-                       help=f"Milvus: a local .db path (Milvus Lite, embedded) or http://host:19530 (a Milvus "
-                            f"server or cluster) (default ${ENGINE_ENV} or {DEFAULT_ENGINE})")
+                       help=f"Milvus: a local .db file (Milvus Lite: the Milvus engine, started by the client, one "
+                            f"process per file) or http://host:19530 (a Milvus server or cluster) (default "
+                            f"${ENGINE_ENV} or {DEFAULT_ENGINE})")
     group.add_argument("--collection", help="collection name (default: the --model name; evaluate: "
                                             "<model>_<dataset>)")
 
@@ -608,11 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="bm25, sparse, dense / colbert (BGE-M3), or hybrid (default hybrid)")
     group.add_argument("--fusion", choices=FUSIONS, help=f"hybrid: rrf or weighted (default {DEFAULT_FUSION})")
     group.add_argument("--weights", help="hybrid: retriever=weight list, e.g. bm25=0.4,sparse=0.6 (default: "
-                                         "SPLADE bm25=0.4,sparse=0.6; BGE-M3 sparse=0.2,dense=0.4,colbert=0.4); "
+                                         "SPLADE bm25=0.5,sparse=0.5; BGE-M3 sparse=0.2,dense=0.4,colbert=0.4); "
                                          "with --score: BGE-M3 dense,sparse,colbert")
     group.add_argument("--normalize", choices=NORMALIZATIONS,
                        help="weighted fusion: each retriever's scores min-max scaled per query (SPLADE default), "
-                            "raw (none: BGE-M3 compute_score, its default) or Milvus' arctan")
+                            "raw (none: BGE-M3 compute_score, its default) or Milvus' arctan; on the client")
     group.add_argument("--candidates", type=_positive_int, default=100,
                        help="documents each retriever hands to the fusion and to ColBERT re-scoring (default 100)")
 

@@ -1,32 +1,34 @@
 """The search engine behind ``index`` / ``search`` / ``evaluate --retriever``: Milvus.
 
 One collection per corpus and pipeline holds, per document, its id, its text,
-its BM25 terms and their BM25 vector, the pipeline's sparse vector (SPLADE
-weights or BGE-M3 lexical weights) and, for BGE-M3, its dense vector. Sparse
-fields have an inverted index searched by inner product, BM25 by the engine's
-own BM25 function and metric (k1 1.5, b 0.75 by default), the dense field a
-FLAT (exact) index.
+the text's BM25 vector, the pipeline's sparse vector (SPLADE weights or BGE-M3
+lexical weights) and, for BGE-M3, its dense vector. Sparse fields have an
+inverted index searched by inner product, BM25 by the engine's own BM25
+function and metric (Lucene's BM25, k1 1.2, b 0.75), the dense field a FLAT
+(exact) index.
 
-The BM25 terms are analysed here, by bm25s's tokenizer with English stop words
-and the Snowball stemmer (PyStemmer), the project's BM25 baseline elsewhere, and
-stored space-separated; the engine only splits them again at the spaces. So BM25
-is the same on Milvus Lite, whose analyzer has no stemmer, and on a server.
+BM25 runs wholly in the engine: its ``english`` analysis (standard tokenizer,
+lowercase, English Snowball stemmer, English stop words) reads the stored text
+when a document is written and the query text when it is searched.
 
-The same code runs on Milvus Lite (``uri`` is a local path ending in ``.db``:
-the data in a folder, nothing to run) and on a Milvus server or cluster (``uri``
-is ``http://host:19530``). Milvus Lite 3.x runs in this process and speaks
-Milvus' API, but it is a Python re-implementation (faiss, pyarrow), not the
-Milvus engine: the server is (docs/retrieval.md).
+The same code runs on Milvus Lite (``uri`` is a local file ending in ``.db``:
+milvus-lite starts the native Milvus engine as a child process on a unix
+socket, nothing to run) and on a Milvus server or cluster (``uri`` is
+``http://host:19530``): the same engine code answers both (docs/retrieval.md).
 
-A collection remembers which pipeline wrote it (collection properties): a
+A collection remembers which pipeline wrote it (in its schema's description): a
 pipeline, kind or dense size that does not match is refused before any write.
 """
 
 from __future__ import annotations
 
+import fcntl
+import itertools
+import json
 import logging
 import os
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,31 +39,23 @@ import numpy as np
 from .errors import SpladeError
 from .formats import SparseVector
 
-__all__ = ["DEFAULT_ENGINE", "Engine", "EngineError", "Request"]
+__all__ = ["ANALYZER", "DEFAULT_ENGINE", "Engine", "EngineError", "Request"]
 
 DEFAULT_ENGINE = "build/index/milvus.db"
 # The Triton tokenizer refuses texts over 65536 bytes; Milvus' VARCHAR holds at most 65535.
 MAX_TEXT_BYTES = 65535
 MAX_ID_BYTES = 512
-# The engine splits the pre-analysed terms again and does nothing else to them.
-ANALYZER = {"tokenizer": "standard"}
-BM25_ANALYSIS = "bm25s en stop words, Snowball english stemmer"
+# Milvus' built-in "english" analyzer spelt out, so that the collection records exactly what it runs.
+ANALYZER = {"tokenizer": "standard",
+            "filter": ["lowercase", {"type": "stemmer", "language": "english"},
+                       {"type": "stop", "stop_words": ["_english_"]}]}
+BM25_ANALYSIS = "milvus english: standard tokenizer, lowercase, english stemmer, _english_ stop words"
+# Milvus' (and Lucene's) defaults, stated so that every engine scores alike.
+BM25_K1, BM25_B = 1.2, 0.75
 _PREFIX = "splade_triton."
-_stemmer = None
-
-
-def bm25_terms(texts: Sequence[str]) -> list[str]:
-    """Each text's BM25 terms, space-separated: bm25s's tokenizer (words of 2+ characters,
-    lowercased), English stop words removed, Snowball-stemmed."""
-    global _stemmer
-    import bm25s
-
-    if _stemmer is None:
-        import Stemmer
-
-        _stemmer = Stemmer.Stemmer("english")
-    tokens = bm25s.tokenize(list(texts), stopwords="en", stemmer=_stemmer, return_ids=False, show_progress=False)
-    return [" ".join(t) for t in tokens]
+_connections = itertools.count()
+# milvus-lite starts the engine only for a file name of these characters, at most 36 of them.
+_LITE_NAME = re.compile(r"[A-Za-z0-9._-]{1,33}\.db")
 
 
 class EngineError(SpladeError):
@@ -71,6 +65,15 @@ class EngineError(SpladeError):
 def _one_line(exc: BaseException) -> str:
     message = getattr(exc, "message", None) or str(exc)
     return " ".join(str(message).split())
+
+
+def _record(description: str) -> dict[str, str]:
+    """What :meth:`Engine._create` recorded in a collection's description ({} if nothing)."""
+    try:
+        record = json.loads(description)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _clip(text: str, limit: int = MAX_TEXT_BYTES) -> str:
@@ -85,8 +88,8 @@ def _sparse(vector: SparseVector) -> dict[int, float]:
 @dataclass(frozen=True)
 class Request:
     """One engine retriever's part of a query: ``field`` (bm25, sparse, dense) and the query data
-    (the query's :func:`bm25_terms` for bm25, ``{index: weight}`` for sparse, a list of floats
-    for dense), one per query."""
+    (the query's text for bm25: the engine analyses it, ``{index: weight}`` for sparse, a list of
+    floats for dense), one per query."""
 
     field: str
     data: list[Any]
@@ -95,64 +98,140 @@ class Request:
 METRICS = {"bm25": "BM25", "sparse": "IP", "dense": "IP"}
 
 
+def _quiet_imports(local: bool) -> None:
+    """Import pymilvus (and milvus_lite for a local file) without their noise on a command line's stderr."""
+    with warnings.catch_warnings():
+        # milvus_lite's __init__ imports pkg_resources (setuptools warns that it is deprecated) only to
+        # read its own version: nothing a user of the command line can act on.
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+        if local:
+            import milvus_lite.server_manager  # noqa: F401
+        import pymilvus  # noqa: F401
+    # pymilvus logs every failed RPC with its traceback (its logging setup, applied at import, gives its
+    # loggers their own handlers and levels): the caller reports a real failure once, as an EngineError.
+    for name in ("pymilvus", "pymilvus.milvus_client"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 class Engine:
     """A Milvus collection of one pipeline's documents (see the module docstring).
 
     ``uri``: a local ``.db`` file (Milvus Lite) or ``http://host:port`` (a Milvus server).
     ``pipeline`` / ``kind``: the model name and ``splade`` or ``bge_m3``, recorded at creation
-    and checked on every later open.
+    and checked on every later open. ``timeout``: seconds per engine call, retries included;
+    ``connect_timeout``: seconds to wait for the engine at open.
     """
 
     def __init__(self, uri: str, collection: str, *, pipeline: str, kind: str, recreate: bool = False,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, connect_timeout: float = 10.0):
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", collection):
             raise EngineError(f"collection name {collection!r}: letters, digits and underscores only, "
                               "not starting with a digit")
         self.uri, self.collection, self.pipeline, self.kind = uri, collection, pipeline, kind
         self.timeout = timeout
-        # pymilvus logs every failed RPC with its traceback, and Milvus Lite's in-process gRPC server
-        # logs optional RPCs it lacks (AllocTimestamp) that pymilvus then does without: the caller
-        # reports a real failure once, as an EngineError.
-        for name in ("pymilvus", "grpc._server", "milvus_lite"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
+        self.local = "://" not in uri
+        self._started = False  # whether this engine started Milvus Lite's process (and stops it on close)
+        _quiet_imports(self.local)
         from pymilvus import MilvusClient
 
-        if "://" not in uri:
-            parent = Path(uri).resolve().parent
-            try:
-                parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise EngineError(f"cannot create the engine's folder {parent}: {exc.strerror}") from None
+        if self.local:
+            self._prepare_local()
         try:
-            # Milvus Lite's in-process gRPC server answers pymilvus' 10 s keepalive pings with GOAWAY
-            # "too_many_pings" (logged by gRPC); nothing sits between them to keep alive.
-            local = {} if "://" in uri else {"grpc_options": {"grpc.keepalive_time_ms": 2**31 - 1}}
-            self._client = MilvusClient(uri=uri, timeout=timeout, **local)
-        except Exception as exc:  # pymilvus raises MilvusException and others (bad URI, lock held)
-            hint = "" if "://" in uri else (" (is the folder writable, and not open in another process? Milvus "
-                                            "Lite opens a data folder in one process at a time)")
-            raise EngineError(f"cannot reach the search engine at {uri}: {_one_line(exc)}{hint}") from None
+            # A connection of its own: pymilvus shares one per URI, which the first close() would end.
+            self._client = MilvusClient(uri=uri, timeout=connect_timeout, alias=f"{_PREFIX}{next(_connections)}")
+        except Exception as exc:  # pymilvus raises MilvusException, ConnectionConfigException and others
+            self._release()
+            verb = "start" if self.local else "reach"
+            raise EngineError(f"cannot {verb} the search engine at {uri}: {_one_line(exc)}") from None
         try:
             self.dense_dim = self._check(recreate)
             if recreate and self.exists:
                 self._call("drop_collection", self._client.drop_collection, self.collection)
                 self.dense_dim = None
         except EngineError:
-            self.close()  # a refused collection leaves nothing open (Lite: its folder's lock)
+            self.close()  # a refused collection leaves nothing open (Lite: its process and file lock)
             raise
 
-    def _call(self, what: str, fn, *args, **kwargs):
+    def _prepare_local(self) -> None:
+        """Check a Milvus Lite file before milvus-lite starts the engine on it (its own failures
+        are a bare "Open local milvus failed")."""
+        from milvus_lite.server_manager import server_manager_instance
+
+        path = Path(self.uri).resolve()
+        if not _LITE_NAME.fullmatch(path.name):
+            raise EngineError(f"engine file {self.uri}: Milvus Lite needs a file name of letters, digits, '.', '_' "
+                              f"or '-' ending in .db, 36 characters at most, e.g. {DEFAULT_ENGINE}")
+        if path.is_dir():
+            raise EngineError(f"engine file {self.uri} is a folder (an index written by milvus-lite 3.x?): "
+                              "remove it and index again, or choose another --engine")
         try:
-            return fn(*args, **kwargs)
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EngineError(f"cannot create the engine's folder {path.parent}: {exc.strerror}") from None
+        # Already running for this process (another Engine, or pymilvus directly): share it, leave it running.
+        self._started = str(path) not in getattr(server_manager_instance, "_servers", {})
+        if not self._started:
+            return
+        # milvus-lite locks <folder>/.<name>.lock while its engine runs on the file. Probe it first: when
+        # milvus-lite itself finds it taken, it deletes the lock file of the process holding it as it
+        # gives up, which would let a third process in.
+        lock = path.parent / f".{path.name}.lock"
+        try:
+            with open(lock, "a") as fd:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    self._started = False
+                    raise EngineError(f"engine file {self.uri} is open in another process (Milvus Lite runs "
+                                      "one process per file): wait for it to end, or choose another "
+                                      "--engine") from None
+                fcntl.lockf(fd, fcntl.LOCK_UN)
+        except PermissionError as exc:
+            self._started = False
+            raise EngineError(f"cannot write in the engine's folder {path.parent}: {exc.strerror}") from None
+
+    def _release(self) -> None:
+        if self.local and self._started:
+            # pymilvus' close() leaves Milvus Lite's process running, holding the file's lock until this
+            # process exits: stop it, so that another process can open the file.
+            from milvus_lite.server_manager import server_manager_instance
+
+            self._started = False
+            if str(Path(self.uri).resolve()) in getattr(server_manager_instance, "_servers", {}):
+                server_manager_instance.release_server(self.uri)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        # pymilvus would retry a dead Lite process's socket for the whole timeout: look first.
+        self._check_lite(what)
+        try:
+            # An int: pymilvus bounds its retries by the timeout only when it is one.
+            return fn(*args, timeout=int(self.timeout), **kwargs)
         except Exception as exc:
+            self._check_lite(what)
             raise EngineError(f"search engine at {self.uri}: {what} failed: {_one_line(exc)}") from None
+
+    def _check_lite(self, what: str) -> None:
+        ended = self._lite_ended()
+        if ended is not None:
+            raise EngineError(f"search engine at {self.uri}: {what} failed: Milvus Lite's engine process "
+                              f"ended (exit status {ended}); run the command again")
+
+    def _lite_ended(self) -> int | None:
+        """The exit status of this file's Milvus Lite process if it has ended (None: running, or a server)."""
+        if not self.local:
+            return None
+        from milvus_lite.server_manager import server_manager_instance
+
+        server = getattr(server_manager_instance, "_servers", {}).get(str(Path(self.uri).resolve()))
+        process = getattr(server, "_p", None)
+        return None if process is None else process.poll()
 
     def _check(self, recreate: bool = False) -> int | None:
         """Refuse a collection another pipeline wrote; load it; its dense size (None: not yet created)."""
         if not self._call("has_collection", self._client.has_collection, self.collection):
             return None
         info = self._call("describe_collection", self._client.describe_collection, self.collection)
-        props = info.get("properties", {})
+        props = _record(info.get("description", ""))
         theirs = (props.get(_PREFIX + "pipeline"), props.get(_PREFIX + "kind"))
         if theirs == (None, None):
             raise EngineError(f"collection {self.collection!r} at {self.uri} was not written by this client "
@@ -163,8 +242,8 @@ class Engine:
                               "choose another --collection, or --recreate it")
         if props.get(_PREFIX + "bm25_analysis") != BM25_ANALYSIS and not recreate:
             raise EngineError(f"collection {self.collection!r} at {self.uri} was analysed for BM25 by "
-                              f"{props.get(_PREFIX + 'bm25_analysis')!r}, this client uses {BM25_ANALYSIS!r}: "
-                              "--recreate it")
+                              f"{props.get(_PREFIX + 'bm25_analysis')!r}, this client uses {BM25_ANALYSIS!r} "
+                              "(an index written by an older client): --recreate it")
         self._call("load_collection", self._client.load_collection, self.collection)
         dims = [f["params"].get("dim") for f in info["fields"] if f["name"] == "dense"]
         return int(dims[0]) if dims else 0
@@ -177,25 +256,26 @@ class Engine:
         from pymilvus import DataType, Function, FunctionType
 
         c = self._client
-        schema = c.create_schema(auto_id=False)
+        record = {_PREFIX + "pipeline": self.pipeline, _PREFIX + "kind": self.kind,
+                  _PREFIX + "bm25_analysis": BM25_ANALYSIS}
+        # In the schema's description: Milvus Lite keeps no collection properties (it drops them at
+        # creation, and altering them is not implemented); a server keeps both.
+        schema = c.create_schema(auto_id=False, description=json.dumps(record, sort_keys=True))
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=MAX_ID_BYTES)
-        schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
-        schema.add_field("terms", DataType.VARCHAR, max_length=MAX_TEXT_BYTES, enable_analyzer=True,
+        schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES, enable_analyzer=True,
                          analyzer_params=ANALYZER)
         schema.add_field("bm25", DataType.SPARSE_FLOAT_VECTOR)
         schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
-        schema.add_function(Function(name="terms_bm25", function_type=FunctionType.BM25,
-                                     input_field_names=["terms"], output_field_names=["bm25"]))
+        schema.add_function(Function(name="text_bm25", function_type=FunctionType.BM25,
+                                     input_field_names=["text"], output_field_names=["bm25"]))
         index = c.prepare_index_params()  # exact search: inverted lists scored in full, FLAT dense
-        index.add_index("bm25", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+        index.add_index("bm25", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
+                        params={"bm25_k1": BM25_K1, "bm25_b": BM25_B})
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="IP")
         if dense_dim:
             schema.add_field("dense", DataType.FLOAT_VECTOR, dim=dense_dim)
             index.add_index("dense", index_type="FLAT", metric_type="IP")
-        props = {_PREFIX + "pipeline": self.pipeline, _PREFIX + "kind": self.kind,
-                 _PREFIX + "bm25_analysis": BM25_ANALYSIS}
-        self._call("create_collection", c.create_collection, self.collection, schema=schema, index_params=index,
-                   properties=props)
+        self._call("create_collection", c.create_collection, self.collection, schema=schema, index_params=index)
         self.dense_dim = dense_dim
 
     # --- writing -----------------------------------------------------------------------------
@@ -221,10 +301,10 @@ class Engine:
                               f"{self.dense_dim}; this pipeline gives {dim}: another model under the same name? "
                               "choose another --collection, or --recreate it")
         rows = []
-        for n, (i, text, terms, vector) in enumerate(zip(ids, texts, bm25_terms(texts), sparse)):
+        for n, (i, text, vector) in enumerate(zip(ids, texts, sparse)):
             if len(i.encode("utf-8")) > MAX_ID_BYTES:
                 raise EngineError(f"id {i[:40]!r}... is over {MAX_ID_BYTES} bytes, the engine's limit")
-            row = {"id": i, "text": _clip(text), "terms": _clip(terms), "sparse": _sparse(vector)}
+            row = {"id": i, "text": _clip(text), "sparse": _sparse(vector)}
             if dim:
                 row["dense"] = np.asarray(dense[n], dtype=np.float32).tolist()
             rows.append(row)
@@ -242,16 +322,15 @@ class Engine:
 
     # --- searching ---------------------------------------------------------------------------
 
-    def search(self, requests: Sequence[Request], *, limit: int, fusion: str = "rrf",
-               weights: Sequence[float] | None = None, rrf_k: int = 60, normalize: bool = False,
+    def search(self, requests: Sequence[Request], *, limit: int, rrf_k: int = 60,
                candidates: int | None = None) -> list[list[tuple[str, float]]]:
         """Per query, the ``limit`` best ``(id, score)`` pairs, best first.
 
-        One request: that retriever's own scores. Several: fused inside the engine
-        (``hybrid_search``) by ``rrf`` (``RRFRanker(rrf_k)``: sum of 1 / (rrf_k + rank)) or
-        ``weighted`` (``WeightedRanker(*weights)``: sum of weight x score; ``normalize``: Milvus'
-        normalisation first, 0.5 + arctan(s) / pi for inner products, 2 arctan(s) / pi for BM25),
-        each retriever contributing its ``candidates`` best (default ``limit``).
+        One request: that retriever's own scores. Several: fused inside the engine by
+        ``hybrid_search`` with ``RRFRanker(rrf_k)`` (sum of 1 / (rrf_k + rank)), each retriever
+        contributing its ``candidates`` best (default ``limit``). Weighted fusion is the
+        client's (:mod:`client.retrieval`): Milvus Lite's ``WeightedRanker`` always normalises
+        and normalises BM25 as if it were a distance.
         """
         if not self.exists:
             raise EngineError(f"collection {self.collection!r} at {self.uri} does not exist: "
@@ -260,7 +339,7 @@ class Engine:
             return []
         if any(r.field == "dense" for r in requests) and not self.dense_dim:
             raise EngineError(f"collection {self.collection!r} holds no dense vectors (a SPLADE pipeline's)")
-        from pymilvus import AnnSearchRequest, RRFRanker, WeightedRanker
+        from pymilvus import AnnSearchRequest, RRFRanker
 
         nq = len(requests[0].data)
         if len(requests) == 1:
@@ -268,15 +347,11 @@ class Engine:
             found = self._call("search", self._client.search, self.collection, data=r.data, anns_field=r.field,
                                limit=limit, search_params={"metric_type": METRICS[r.field]}, output_fields=["id"])
         else:
-            ranker = RRFRanker(rrf_k) if fusion == "rrf" else WeightedRanker(*weights, norm_score=normalize)
             reqs = [AnnSearchRequest(data=r.data, anns_field=r.field, param={"metric_type": METRICS[r.field]},
                                      limit=max(limit, candidates or 0)) for r in requests]
-            found = self._call("hybrid_search", self._client.hybrid_search, self.collection, reqs, ranker,
-                               limit=limit, output_fields=["id"])
-        single_bm25 = len(requests) == 1 and requests[0].field == "bm25"
-        # Milvus Lite reports a plain BM25 search's scores negated (its distances); BM25 is >= 0.
-        out = [[(hit["id"], abs(hit["distance"]) if single_bm25 else float(hit["distance"])) for hit in row]
-               for row in found]
+            found = self._call("hybrid_search", self._client.hybrid_search, self.collection, reqs,
+                               RRFRanker(rrf_k), limit=limit, output_fields=["id"])
+        out = [[(hit["id"], float(hit["distance"])) for hit in row] for row in found]
         return out + [[] for _ in range(nq - len(out))]
 
     def texts(self, ids: Iterable[str]) -> dict[str, str]:
@@ -288,25 +363,18 @@ class Engine:
         return {row["id"]: row["text"] for row in rows}
 
     def size_on_disk(self) -> int | None:
-        """Bytes of a Milvus Lite file (None for a server)."""
-        if "://" in self.uri:
+        """Bytes of a Milvus Lite file and its SQLite companions (None for a server)."""
+        if not self.local:
             return None
-        total = 0
-        for root, _, files in os.walk(self.uri):
-            total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-        return total if os.path.isdir(self.uri) else os.path.getsize(self.uri)
+        path = Path(self.uri)
+        return sum(f.stat().st_size for f in path.parent.glob(path.name + "*") if f.is_file())
 
     def close(self) -> None:
         try:
             self._client.close()
-        except Exception:  # closing a client whose server went away: nothing left to release
+        except Exception:  # closing a client whose engine went away: nothing left to release
             pass
-        if "://" not in self.uri:
-            # pymilvus leaves Milvus Lite's in-process server running, holding the data folder's
-            # lock until the process exits: stop it, so that another process can open the file.
-            from milvus_lite.server_manager import server_manager_instance
-
-            server_manager_instance.release_server(self.uri)
+        self._release()
 
     def __enter__(self) -> Engine:
         return self

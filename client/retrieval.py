@@ -2,8 +2,8 @@
 
 Retrievers (``--retriever``):
 
-- ``bm25``: the engine's BM25 over the documents' terms (analysed by bm25s: English stop
-  words, Snowball stemmer; :mod:`client.engine`);
+- ``bm25``: the engine's BM25 over the documents' texts (its English analyzer: stemmer and
+  stop words; :mod:`client.engine`);
 - ``sparse``: the pipeline's sparse vectors (SPLADE weights, BGE-M3 lexical weights), inner product;
 - ``dense``: BGE-M3's dense vectors, inner product (cosine: they are L2-normalised);
 - ``colbert``: BGE-M3's ColBERT score (FlagEmbedding's ``colbert_score``) re-ranking the
@@ -11,12 +11,13 @@ Retrievers (``--retriever``):
 - ``hybrid``: the retrievers with a weight above 0 (:data:`DEFAULT_WEIGHTS`), fused.
 
 Where each part runs: bm25, sparse and dense run inside the engine, and so does
-their fusion by RRF or by weighted raw / arctan-normalised scores (one
-``search`` or ``hybrid_search``); weighted min-max fusion takes one engine
-search per retriever and adds them up here. The engine stores no
-multi-vectors, so ColBERT runs here: the candidates' stored texts are encoded
-by the ``<model>_colbert`` ensemble and scored, and the ColBERT score joins
-the fusion with the same formula.
+their fusion by RRF (one ``search`` or ``hybrid_search``). Weighted fusion takes
+one engine search per retriever and adds them up here: the engine's
+``WeightedRanker`` (Milvus Lite 2.5) always normalises its inputs, and
+normalises BM25 as if it were a distance (a better match scores lower). The
+engine stores no multi-vectors, so ColBERT runs here: the candidates' stored
+texts are encoded by the ``<model>_colbert`` ensemble and scored, and the
+ColBERT score joins the fusion with the same formula.
 
 Fusion (``--fusion``):
 
@@ -25,10 +26,10 @@ Fusion (``--fusion``):
   takes part);
 - ``weighted``: BGE-M3's ``compute_score`` form, sum of weight x score divided by the sum of
   the weights, each retriever's scores first normalised (``--normalize``): ``minmax`` scales
-  each retriever's candidates to [0, 1] per query (here: the engine has no such ranker);
-  ``none`` keeps the raw scores (``compute_score`` exactly; Milvus' ``WeightedRanker``
-  without normalisation, in the engine); ``arctan`` is Milvus' own normalisation (0.5 +
-  arctan(s) / pi for inner products and ColBERT, 2 arctan(s) / pi for BM25, in the engine).
+  each retriever's candidates to [0, 1] per query; ``none`` keeps the raw scores
+  (``compute_score`` exactly); ``arctan`` is the normalisation Milvus documents for its
+  ``WeightedRanker`` (0.5 + arctan(s) / pi for inner products and ColBERT, 2 arctan(s) / pi
+  for BM25).
   A document a retriever did not return gets 0 from it.
 
 Defaults (:data:`DEFAULT_WEIGHTS`, :data:`DEFAULT_NORMALIZATION`) and the figures that chose
@@ -46,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from .core import BgeM3Client, SpladeClient, batched
-from .engine import Engine, Request, bm25_terms
+from .engine import Engine, Request
 from .m3 import colbert_scores
 
 __all__ = ["DEFAULT_FUSION", "DEFAULT_WEIGHTS", "FUSIONS", "NORMALIZATIONS", "RETRIEVERS", "IndexReport", "Retriever", "index_documents",
@@ -58,16 +59,16 @@ DEFAULT_FUSION = "weighted"
 ENGINE_PARTS = ("bm25", "sparse", "dense")
 RRF_K = 60
 NORMALIZATIONS = ("minmax", "none", "arctan")
-# SPLADE + BM25: min-max (measured, docs/retrieval.md: the engine's arctan puts a floor of 0.5
-# under any inner-product match, so BM25-only documents never rise). BGE-M3: its published
-# weights are for raw scores (compute_score).
+# SPLADE + BM25: min-max (measured, docs/retrieval.md: raw weights hold for one pair of score
+# scales only; arctan puts a floor of 0.5 under any inner-product match, so BM25-only documents
+# hardly rise). BGE-M3: its published weights are for raw scores (compute_score).
 DEFAULT_NORMALIZATION = {"splade": "minmax", "bge_m3": "none"}
 # The hybrid's parts and weights per kind of pipeline. SPLADE: min-max weights chosen on 400
 # training queries of the stdlib-docstring fixture (docs/retrieval.md). BGE-M3: its published dense 0.4, sparse 0.2,
 # ColBERT 0.4 (FlagEmbedding's weights_for_different_modes); BM25 left out (no real weights here
 # to measure what it adds).
 DEFAULT_WEIGHTS = {
-    "splade": {"bm25": 0.4, "sparse": 0.6},
+    "splade": {"bm25": 0.5, "sparse": 0.5},
     "bge_m3": {"bm25": 0.0, "sparse": 0.2, "dense": 0.4, "colbert": 0.4},
 }
 
@@ -109,7 +110,7 @@ def parse_weights(text: str | Mapping[str, float] | None, kind: str) -> dict[str
 
 
 def _arctan(score: float, field: str) -> float:
-    # Milvus WeightedRanker's normalisation (checked against its hybrid_search output).
+    # Milvus' documented WeightedRanker normalisation for similarities (BM25 mapped to [0, 1)).
     return 2 * math.atan(score) / math.pi if field == "bm25" else 0.5 + math.atan(score) / math.pi
 
 
@@ -178,8 +179,8 @@ class Retriever:
     def _requests(self, queries: Sequence[str], encoded: list[dict[str, Any]]) -> list[Request]:
         requests = []
         for part in (p for p in ENGINE_PARTS if p in self.weights):
-            if part == "bm25":
-                data = bm25_terms(queries)
+            if part == "bm25":  # the engine analyses the query text as it did the documents'
+                data = list(queries)
             elif part == "sparse":
                 data = [{int(i): float(v) for i, v in zip(q["sparse"].indices, q["sparse"].values)} for q in encoded]
             else:
@@ -196,35 +197,34 @@ class Retriever:
         requests = self._requests(queries, encoded)
         colbert = "colbert" in self.weights
         depth = max(k, self.candidates)
-        weighted = self.retriever == "hybrid" and self.fusion == "weighted"
-        if weighted and self.normalize == "minmax":
-            # Min-max is not one of the engine's rankers: one engine search per retriever, fused here.
+        if self.retriever == "hybrid" and self.fusion == "weighted":
+            # One engine search per retriever, fused here: Milvus Lite's WeightedRanker always
+            # normalises and treats BM25 as a distance (docs/retrieval.md).
             lists = [self.engine.search([r], limit=depth) for r in requests]
-            fused = [self._weighted_minmax([dict(rows[i]) for rows in lists], [r.field for r in requests])
+            fused = [self._weighted([dict(rows[i]) for rows in lists], [r.field for r in requests])
                      for i in range(len(queries))]
             if colbert:
-                late = self._colbert(encoded, [list(f) for f in fused])
-                w = self.weights["colbert"]
-                for f, c in zip(fused, late):
-                    for d, s in _minmax(c).items():
-                        f[d] = f.get(d, 0.0) + w * s
-            total = sum(self.weights.values())
+                for f, late in zip(fused, self._colbert(encoded, [list(f) for f in fused])):
+                    for d, s in self._normalized(late, "colbert").items():
+                        f[d] = f.get(d, 0.0) + self.weights["colbert"] * s
+            total = sum(self.weights.values())  # compute_score divides by the weights' sum
             return [sorted(((d, s / total) for d, s in f.items()), key=lambda x: -x[1])[:k] for f in fused]
-        found = self.engine.search(requests, limit=depth if colbert else k,
-                                   fusion="rrf" if self.retriever == "colbert" else self.fusion,
-                                   weights=[self.weights[r.field] for r in requests], rrf_k=RRF_K,
-                                   normalize=self.normalize == "arctan", candidates=depth)
+        found = self.engine.search(requests, limit=depth if colbert else k, rrf_k=RRF_K, candidates=depth)
         if colbert:
             found = self._add_colbert(encoded, found)
-        if weighted:  # compute_score divides by the weights' sum
-            total = sum(self.weights.values())
-            found = [[(i, s / total) for i, s in row] for row in found]
         return [row[:k] for row in found]
 
-    def _weighted_minmax(self, lists: list[dict[str, float]], fields: list[str]) -> dict[str, float]:
+    def _normalized(self, scores: Mapping[str, float], field: str) -> dict[str, float]:
+        if self.normalize == "minmax":
+            return _minmax(scores)
+        if self.normalize == "arctan":
+            return {d: _arctan(s, field) for d, s in scores.items()}
+        return dict(scores)
+
+    def _weighted(self, lists: list[dict[str, float]], fields: list[str]) -> dict[str, float]:
         fused: dict[str, float] = {}
         for scores, field in zip(lists, fields):
-            for d, s in _minmax(scores).items():
+            for d, s in self._normalized(scores, field).items():
                 fused[d] = fused.get(d, 0.0) + self.weights[field] * s
         return fused
 
@@ -242,19 +242,16 @@ class Retriever:
         return out
 
     def _add_colbert(self, encoded: list[dict[str, Any]], found: list[Ranking]) -> list[Ranking]:
+        """ColBERT re-scoring of the engine's RRF candidates: ``colbert`` alone, or RRF continued."""
         late = self._colbert(encoded, [[d for d, _ in row] for row in found])
         out = []
         for row, scores in zip(found, late):
             if self.retriever == "colbert":
                 fused = [(d, scores[d]) for d, _ in row if d in scores]
-            elif self.fusion == "rrf":  # the engine's RRF continued with ColBERT's ranks of its candidates
+            else:  # the engine's RRF continued with ColBERT's ranks of its candidates
                 order = sorted(scores, key=lambda d: -scores[d])
                 rank = {d: r for r, d in enumerate(order, 1)}
                 fused = [(d, s + 1.0 / (RRF_K + rank[d])) for d, s in row if d in scores]
-            else:
-                w = self.weights["colbert"]
-                norm = (lambda c: _arctan(c, "colbert")) if self.normalize == "arctan" else (lambda c: c)
-                fused = [(d, s + w * norm(scores[d])) for d, s in row if d in scores]
             fused.sort(key=lambda item: -item[1])  # stable: ties keep the engine's order
             out.append(fused)
         return out
