@@ -168,14 +168,7 @@ def scale(args: argparse.Namespace) -> dict:
                         ms.append(1000 * (time.perf_counter() - t0))
                     lat[name] = _percentiles(ms)
                 # End to end: Triton encodes the query, the engine searches (and the client fuses).
-                for fusion in ("rrf", "weighted"):
-                    retriever = Retriever(client, engine, kind="splade", retriever="hybrid", fusion=fusion)
-                    ms = []
-                    for q in queries:
-                        t0 = time.perf_counter()
-                        retriever.search([q], 10)
-                        ms.append(1000 * (time.perf_counter() - t0))
-                    lat[f"{retriever.describe()}, query encoded by Triton"] = _percentiles(ms)
+                lat.update(_end_to_end(client, engine, queries))
             start = time.perf_counter()
             memory = SparseIndex(ids, vectors)
             build_s = time.perf_counter() - start
@@ -197,6 +190,20 @@ def scale(args: argparse.Namespace) -> dict:
     return report
 
 
+def _end_to_end(client, engine, queries) -> dict:
+    """p50/p99 of each hybrid fusion, one query at a time: Triton encodes it, the engine searches, the client fuses."""
+    out = {}
+    for fusion in ("rrf", "weighted"):
+        retriever = Retriever(client, engine, kind="splade", retriever="hybrid", fusion=fusion)
+        ms = []
+        for q in queries:
+            t0 = time.perf_counter()
+            retriever.search([q], 10)
+            ms.append(1000 * (time.perf_counter() - t0))
+        out[f"{retriever.describe()}, query encoded by Triton"] = _percentiles(ms)
+    return out
+
+
 def latency(args: argparse.Namespace) -> dict:
     """End-to-end query latency of each hybrid fusion on the collections ``scale`` left behind."""
     queries = [" ".join(t.split()[:4]) for t in _synthetic(Path(args.fixture), args.queries, seed=11)]
@@ -206,15 +213,7 @@ def latency(args: argparse.Namespace) -> dict:
         for n in sorted(args.docs):
             with Engine(str(Path(args.workdir) / f"scale_{n}.db"), "bench_scale", pipeline="splade",
                         kind="splade") as engine:
-                out = {"documents": engine.count()}
-                for fusion in ("rrf", "weighted"):
-                    retriever = Retriever(client, engine, kind="splade", retriever="hybrid", fusion=fusion)
-                    ms = []
-                    for q in queries:
-                        t0 = time.perf_counter()
-                        retriever.search([q], 10)
-                        ms.append(1000 * (time.perf_counter() - t0))
-                    out[f"{retriever.describe()}, query encoded by Triton"] = _percentiles(ms)
+                out = {"documents": engine.count(), **_end_to_end(client, engine, queries)}
             report["sizes"][n] = out
             print(json.dumps({n: out}, indent=1), flush=True)
     report["machine_end"] = machine()

@@ -42,6 +42,20 @@ def running(repository: Path, log_path: Path, **kwargs):
         srv.stop()
 
 
+def load_failure(repository: Path, log: Path, message: str, timeout_s: float = 60) -> str:
+    """Serve ``repository`` until its log says ``message`` (a model failing to load), then stop; the log."""
+    import time
+
+    server = Server(repository, log)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not (log.is_file() and message in log.read_text(errors="replace")):
+            time.sleep(0.2)
+    finally:
+        server.stop()
+    return log.read_text(errors="replace")
+
+
 def default_pipeline() -> Pipeline:
     """The `splade` pipeline as pipelines/splade.toml specifies it."""
     return next(p for p in default_pipelines() if p.name == "splade")

@@ -432,19 +432,10 @@ def test_bad_input_gets_its_own_invalid_arg_and_others_are_answered(protocol, bg
 
 def test_the_tokenizer_refuses_to_load_a_length_beyond_the_models(tmp_path):
     """A hand-edited config (the assembly refuses such a spec) fails the load, naming the limit."""
-    import time
-
-    from tests.conftest import Server
+    from tests.conftest import load_failure
 
     repository = assemble(tmp_path / "model_repository", [bge_m3_pipeline()])
     config = repository / "bge_m3_tokenizer" / "config.pbtxt"
     config.write_text(config.read_text().replace('string_value: "512"', 'string_value: "1024"'))
-    log, message = tmp_path / "server.log", "is beyond what the model serves: 512 tokens"
-    server = Server(repository, log)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (log.is_file() and message in log.read_text(errors="replace")):
-            time.sleep(0.2)
-    finally:
-        server.stop()
-    assert message in log.read_text(errors="replace")
+    message = "is beyond what the model serves: 512 tokens"
+    assert message in load_failure(repository, tmp_path / "server.log", message)
