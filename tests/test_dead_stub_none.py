@@ -14,20 +14,13 @@ from pathlib import Path
 
 from tritonclient.utils import InferenceServerException
 
+from splade_triton.launcher.harness import alive
 from tests import triton
 from tests.conftest import running
 
 # Triton's own shutdown with a dead stub can wait out its whole exit timeout (30 s, the
 # cluster's) before the launcher's margin (10 s): a bound for "exited", not a timing claim.
 EXIT_BOUND_S = 120
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def test_a_dead_stub_in_mode_none_ends_the_launcher_non_zero_naming_the_model(repository, tmp_path, capsys):
@@ -58,7 +51,7 @@ def test_a_dead_stub_in_mode_none_ends_the_launcher_non_zero_naming_the_model(re
             raise AssertionError(f"the launcher still runs {EXIT_BOUND_S} s after the stub died:\n{server.log()[-3000:]}")
         seconds = time.monotonic() - killed_at
         log = server.log()
-        left = [p for p in pids if _alive(p)]
+        left = [p for p in pids if alive(p)]
         shm = [r for r in regions if (Path("/dev/shm") / r).exists()]
     assert code != 0, log[-3000:]
     lines = [line for line in log.splitlines() if line.startswith(f"splade-triton: exiting {code}:")]

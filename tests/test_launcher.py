@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from splade_triton.launcher import tritonserver
-from splade_triton.launcher.harness import Launched, NotReady, free_port
+from splade_triton.launcher.harness import Launched, NotReady, alive, free_port
 from splade_triton.launcher.stubs import StubProcess, parse_stub_argv
 from splade_triton.launcher.supervisor import Supervisor, dead_models
 from tests.conftest import ROOT
@@ -110,14 +110,6 @@ def test_two_launches_at_once_both_serve(repository, tmp_path):
             assert s.stop() == 0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
 def test_a_readiness_timeout_leaves_no_process_behind(repository, tmp_path):
     server = Launched(repository, tmp_path / "server.log", ready_timeout_s=2.5).start()
     # Wait until tritonserver and some stubs exist, so there is something to leak.
@@ -130,7 +122,7 @@ def test_a_readiness_timeout_leaves_no_process_behind(repository, tmp_path):
     with pytest.raises(NotReady):
         server.wait_ready(timeout_s=0)
     assert len(server.seen_pids) >= 3
-    left = [p for p in server.seen_pids if _alive(p)]
+    left = [p for p in server.seen_pids if alive(p)]
     assert not left, f"processes left behind: {left}"
     assert not [r for r in server.seen_regions if (Path("/dev/shm") / r).exists()]
     for port in (server.http_port, server.grpc_port):

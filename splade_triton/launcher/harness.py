@@ -35,7 +35,7 @@ class NotReady(RuntimeError):
     """The launcher exited, or did not serve within the timeout (it has been stopped)."""
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -173,14 +173,14 @@ class Launched:
                 self.process.kill()
                 self.process.wait()
         # Anything the launcher left (it was killed, or died first) goes too.
-        leftovers = [p for p in self.seen_pids if _alive(p)]
+        leftovers = [p for p in self.seen_pids if alive(p)]
         for pid in leftovers:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + 10
-        while any(_alive(p) for p in leftovers) and time.monotonic() < deadline:
+        while any(alive(p) for p in leftovers) and time.monotonic() < deadline:
             time.sleep(0.05)
         remove_regions(self.seen_regions)
         if self._log is not None:

@@ -97,7 +97,7 @@ def resembles_ours(name: str) -> str | None:
     return _FOLDED[close[0]] if close else None
 
 
-def request_parameters(parameters_json: str) -> dict[str, Any]:
+def request_parameters(parameters_json: str | dict) -> dict[str, Any]:
     """A request's parameters, refusing names that resemble ours but are not.
 
     Other names are ignored, so that headers a gateway forwards as request
@@ -105,8 +105,11 @@ def request_parameters(parameters_json: str) -> dict[str, Any]:
     ``--http-header-forward-pattern``: NVIDIA Cloud Functions, API gateways)
     do not fail requests; but a name that resembles ours (``top-k``,
     ``topK``, ``min_wieght``, ``input-type``: see resembles_ours) is refused,
-    so that a misspelt option never silently does nothing.
+    so that a misspelt option never silently does nothing. A dict is taken
+    as already read (a step parses a request's parameters once).
     """
+    if isinstance(parameters_json, dict):
+        return parameters_json
     params = json.loads(parameters_json) if parameters_json else {}
     misspelt = sorted(name for name in params if name not in REQUEST_PARAMETERS and resembles_ours(name))
     if misspelt:
@@ -117,7 +120,7 @@ def request_parameters(parameters_json: str) -> dict[str, Any]:
     return params
 
 
-def parse_request_options(parameters_json: str, defaults: RequestOptions) -> RequestOptions:
+def parse_request_options(parameters_json: str | dict, defaults: RequestOptions) -> RequestOptions:
     """Validate a request's ``top_k`` / ``min_weight`` (Triton request parameters).
 
     Raises ValueError with a message meant for the caller.
@@ -154,7 +157,7 @@ class TextOptions:
     truncation_direction: str = "right"
 
 
-def parse_text_options(parameters_json: str, defaults: TextOptions = TextOptions()) -> TextOptions:
+def parse_text_options(parameters_json: str | dict, defaults: TextOptions = TextOptions()) -> TextOptions:
     """Validate a request's ``input_type`` / ``overflow`` / ``truncation_direction``.
 
     Raises ValueError with a message meant for the caller.

@@ -9,7 +9,7 @@ backend's ``triton_python_backend_utils``).
 
     class TritonPythonModel(SparseStep):
         STEP = "sparsify"
-        def tensors(self, request, options, wanted): ...  # -> [pb_utils.Tensor]
+        def tensors(self, request, options, wanted, text): ...  # -> [pb_utils.Tensor]
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ import os
 
 import triton_python_backend_utils as pb_utils
 
-from splade_triton.serving.params import Param, RequestOptions, parse_request_options, read_model_parameters
+from splade_triton.serving.params import (
+    Param, RequestOptions, TextOptions, parse_request_options, parse_text_options, read_model_parameters,
+    request_parameters,
+)
 from splade_triton.serving.terms import TermTable
 from splade_triton.serving.tokens import load_tokenizer
 
@@ -49,8 +52,8 @@ class SparseStep:
     def setup(self) -> None:
         """More set-up of a subclass (after ``self.version`` and ``self.terms``)."""
 
-    def tensors(self, request, options: RequestOptions, wanted: set) -> list:
-        """The output tensors of ``request`` (at least those in ``wanted``)."""
+    def tensors(self, request, options: RequestOptions, wanted: set, text: TextOptions) -> list:
+        """The output tensors of ``request`` (at least those in ``wanted``); ``text``: its side."""
         raise NotImplementedError
 
     def sparse_tensors(self, sparse, wanted: set, prefix: str = "") -> list:
@@ -62,12 +65,14 @@ class SparseStep:
 
     def _respond(self, request):
         try:
-            options = parse_request_options(request.parameters(), self.defaults)
+            parameters = request_parameters(request.parameters())
+            options = parse_request_options(parameters, self.defaults)
+            text = parse_text_options(parameters)
         except ValueError as e:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
         # Only what this request's ensemble maps.
         wanted = set(request.requested_output_names())
-        tensors = self.tensors(request, options, wanted)
+        tensors = self.tensors(request, options, wanted, text)
         return pb_utils.InferenceResponse(output_tensors=[t for t in tensors if t.name() in wanted])
 
     def _respond_safely(self, request):

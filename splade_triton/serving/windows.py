@@ -51,7 +51,7 @@ def cut(encodings: Sequence, overflow: str, max_length: int, special: int, strid
     counts = np.empty(len(encodings), dtype=np.int32)
     windows = np.ones(len(encodings), dtype=np.int32)
     for i, encoding in enumerate(encodings):
-        length = len(encoding.ids)
+        length = len(encoding)  # no list of ids built
         # Only a text that filled max_length can have overflowed: short texts
         # (nearly all) never build their overflowing list.
         pieces = encoding.overflowing if length >= max_length else []

@@ -17,7 +17,7 @@ class TritonPythonModel(SparseStep):
         info = read_export_info(os.path.join(self.version, "export_info.json"))
         self.special_ids = sorted({info["special_ids"][k] for k in SPECIAL_TOKENS})
 
-    def tensors(self, request, options, wanted):
+    def tensors(self, request, options, wanted, text):
         if not wanted & set(SPARSE_OUTPUTS):
             return []
         ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()

@@ -26,7 +26,7 @@ import triton_python_backend_utils as pb_utils
 
 from splade_triton.serving.params import (
     DIRECTIONS, OVERFLOWS, Param, RequestOptions, TextOptions, parse_request_options, parse_text_options,
-    read_model_parameters,
+    read_model_parameters, request_parameters,
 )
 from splade_triton.serving.sides import SIDES, read_export_info, read_sides
 from splade_triton.serving.tokens import load_tokenizer, pad_ids, round_length
@@ -113,7 +113,7 @@ class TritonPythonModel:
         try:
             # Checked here too, so a bad top_k / min_weight fails before any
             # encoder work; the sparse step applies them.
-            parameters = request.parameters()
+            parameters = request_parameters(request.parameters())
             parse_request_options(parameters, _ANY_OPTIONS)
             options = parse_text_options(parameters, self.defaults)
         except ValueError as e:
@@ -161,7 +161,7 @@ class TritonPythonModel:
         # The CPU encoder regroups the rows of all requests by length itself.
         # At least one column: a text without tokens (an empty query of a side
         # without special tokens) is a row of padding.
-        longest = max(1, max(len(r.ids) for r in rows.rows))
+        longest = max(1, max(map(len, rows.rows)))
         ids, mask = pad_ids(rows.rows, round_length(longest, self.settings["pad_to_multiple_of"], length))
         tensors = {
             "input_ids": ids,

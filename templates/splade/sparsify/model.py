@@ -15,7 +15,6 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from splade_triton.serving.params import parse_text_options
 from splade_triton.serving.sides import read_export_info, read_sides
 from splade_triton.serving.sparse_step import SPARSE_OUTPUTS, SparseStep
 from splade_triton.serving.splade import activate, sparsify
@@ -37,8 +36,8 @@ class TritonPythonModel(SparseStep):
     def setup(self):
         self.sides = read_sides(read_export_info(self.version), os.path.join(self.version, "export_info.json"))
 
-    def tensors(self, request, options, wanted):
-        activation = self.sides[parse_text_options(request.parameters()).input_type].activation
+    def tensors(self, request, options, wanted, text):
+        activation = self.sides[text.input_type].activation
         rows = pb_utils.get_input_tensor_by_name(request, "pooled_logits").as_numpy()
         index = pb_utils.get_input_tensor_by_name(request, "text_index")
         pooled = max_over_windows(rows, None if index is None else index.as_numpy().reshape(-1))
