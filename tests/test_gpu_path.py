@@ -27,7 +27,7 @@ from splade_triton.artifacts.gpu_probe import EXIT_UNAVAILABLE, Unavailable, dec
 from splade_triton.artifacts.gpu_startup import plan_folder, with_queue_delay
 from splade_triton.artifacts.numerics import compare_weights, padded_batches, top_terms, validation_texts
 from splade_triton.artifacts.provenance import expected_provenance, plan_problems
-from splade_triton.artifacts.repository import assemble, pipeline_configs
+from splade_triton.artifacts.repository import Pipeline, assemble, pipeline_configs
 from splade_triton.artifacts.shapes import Shapes, engine_profile, read_config
 from splade_triton.artifacts.texts import VARIED_TEXTS
 from splade_triton.serving.tokens import load_tokenizer
@@ -828,3 +828,12 @@ def test_bge_m3_gpu_tokenizer_and_lexical_configs_serve_the_cpu_outputs(tmp_path
         for r, (n,) in enumerate(want["colbert_lengths"]):
             np.testing.assert_allclose(answer["colbert"][r, :n], want["colbert"][r, :n], rtol=0, atol=1e-5)
             assert not answer["colbert"][r, n:].any()
+
+
+def test_a_gpu_repository_refuses_a_model_with_its_own_query_encoder(tmp_path):
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"not a real plan")
+    for folder in ("splade-router-tiny", "splade-pair-tiny"):
+        pipeline = Pipeline("asym", "splade", ROOT / "build" / "models" / folder)
+        with pytest.raises(ValueError, match="the GPU variant serves one graph for both sides"):
+            assemble(tmp_path / folder, [pipeline], device="gpu", plans={"asym": plan})

@@ -287,8 +287,20 @@ def _copy_serving(version_dir: Path) -> None:
         shutil.copyfile(module, package / "serving" / module.name)
 
 
+def _check_one_graph(pipeline: Pipeline) -> None:
+    """The GPU variant runs one TensorRT engine for every request: refuse a model whose sides differ."""
+    from splade_triton.serving.sides import read_export_info, read_sides
+
+    sides = read_sides(read_export_info(pipeline.model) if pipeline.model else None)
+    if any(side.encoder != "mlm" or side.graph != "model.onnx" for side in sides.values()):
+        raise ValueError(f"pipeline '{pipeline.name}': {pipeline.model} has its own query encoder (a static table "
+                         "or a second graph); the GPU variant serves one graph for both sides: assemble it for cpu")
+
+
 def _write_pipeline(output: Path, pipeline: Pipeline, device: str, plan: Path | None) -> None:
     kind = pipeline.kind_spec()
+    if device == "gpu":
+        _check_one_graph(pipeline)
     configs = pipeline_configs(pipeline, device)
     for step, config in configs.items():
         folder = output / config.name
