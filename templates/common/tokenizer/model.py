@@ -21,8 +21,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import triton_python_backend_utils as pb_utils
+
+# This folder's own copy of splade_triton (placed by the repository assembly) before any other:
+# the stub puts the server's working directory first on sys.path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from splade_triton.serving.params import (
     DIRECTIONS, OVERFLOWS, Param, RequestOptions, TextOptions, parse_request_options, parse_text_options,

@@ -11,9 +11,14 @@ or none for a static query side's weights).
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+# This folder's own copy of splade_triton (placed by the repository assembly) before any other:
+# the stub puts the server's working directory first on sys.path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from splade_triton.serving.sides import read_export_info, read_sides
 from splade_triton.serving.sparse_step import SPARSE_OUTPUTS, SparseStep
