@@ -61,7 +61,7 @@ class Launched:
 
     def __init__(self, repository: Path | str, log_path: Path, extra_args: tuple[str, ...] = (),
                  launcher_args: tuple[str, ...] = (), ready_timeout_s: float = 180.0,
-                 ports: tuple[int, int, int] | None = None):
+                 ports: tuple[int, int, int] | None = None, cwd: Path | None = None):
         # A directory, or a URL that tritonserver reads itself (s3://...): Path would mangle it.
         self.repository = repository if "://" in str(repository) else Path(repository)
         self.log_path = Path(log_path)
@@ -70,6 +70,8 @@ class Launched:
         self.ready_timeout_s = ready_timeout_s
         self.admin_key = secrets.token_urlsafe(16)
         self.http_port, self.grpc_port, self.metrics_port = ports or (free_port(), free_port(), free_port())
+        # Where the launcher (and so tritonserver and its stubs) runs; the checkout unless given.
+        self.cwd = Path(cwd) if cwd is not None else ROOT
         self.process: subprocess.Popen | None = None
         self.seen_pids: set[int] = set()
         self.seen_regions: set[str] = set()
@@ -105,7 +107,10 @@ class Launched:
             *self.launcher_args, "--", *self.extra_args,
         ]
         env = {**os.environ, ADMIN_KEY_ENV: self.admin_key}
-        self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+        if self.cwd != ROOT:
+            # The launcher from the checkout, without the working directory on its sys.path.
+            env.update(PYTHONPATH=str(ROOT), PYTHONSAFEPATH="1")
+        self.process = subprocess.Popen(args, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
                                         stdout=self._log, stderr=subprocess.STDOUT)
         self.seen_pids.add(self.process.pid)
         return self
