@@ -600,6 +600,17 @@ class AsyncSpladeClient(_AsyncClient):
             return (await self.encode([texts], **options))[0]
         return [v async for v in self.iter_encode(texts, **options)]
 
+    async def encode_queries(self, texts, **options: Any):
+        """:meth:`encode` on the query side, ``input_type="query"`` (sentence-transformers'
+        ``encode_query``, FlagEmbedding's ``encode_queries``): what every query must be encoded with,
+        since an asymmetric model's query side has its own encoder, activation and length."""
+        return await self.encode(texts, input_type="query", **options)
+
+    async def encode_corpus(self, texts, **options: Any):
+        """:meth:`encode` on the document side, ``input_type="document"`` (``encode_document``,
+        ``encode_corpus``)."""
+        return await self.encode(texts, input_type="document", **options)
+
     async def encode_csr(self, texts: Iterable[str | bytes], *, top_k: int | None = None,
                          min_weight: float | None = None, input_type: str | None = None,
                          overflow: str | None = None) -> scipy.sparse.csr_matrix:
@@ -911,6 +922,14 @@ class SpladeClient(_BlockingClient):
         return self._runner.run(self._aclient.encode(texts, top_k=top_k, min_weight=min_weight,
                                                      return_tokens=return_tokens, input_type=input_type,
                                                      overflow=overflow))
+
+    def encode_queries(self, texts, **options: Any):
+        """See :meth:`AsyncSpladeClient.encode_queries`."""
+        return self.encode(texts, input_type="query", **options)
+
+    def encode_corpus(self, texts, **options: Any):
+        """See :meth:`AsyncSpladeClient.encode_corpus`."""
+        return self.encode(texts, input_type="document", **options)
 
     def iter_encode(self, texts: Iterable[str | bytes], *, top_k: int | None = None,
                     min_weight: float | None = None, return_tokens: bool = False, input_type: str | None = None,
