@@ -133,10 +133,10 @@ def scale(args: argparse.Namespace) -> dict:
     report = {"machine_start": machine(), "unique_documents": args.unique, "sizes": {}}
     with SpladeClient(args.url) as client:
         start = time.perf_counter()
-        unique_vectors = client.encode(unique)
+        unique_vectors = client.encode_corpus(unique)
         report["encode_docs_per_s"] = len(unique) / (time.perf_counter() - start)
         report["doc_terms_mean"] = float(np.mean([len(v) for v in unique_vectors]))
-        qvectors = client.encode(queries, input_type="query")
+        qvectors = client.encode_queries(queries)
         for n in sorted(args.docs):
             # Beyond the encoded documents, the same texts and vectors again under new ids.
             texts = [unique[i % len(unique)] for i in range(n)]
@@ -209,7 +209,7 @@ def latency(args: argparse.Namespace) -> dict:
     queries = [" ".join(t.split()[:4]) for t in _synthetic(Path(args.fixture), args.queries, seed=11)]
     report = {"machine_start": machine(), "sizes": {}}
     with SpladeClient(args.url) as client:
-        client.encode(queries[:8], input_type="query")  # warm
+        client.encode_queries(queries[:8])  # warm
         for n in sorted(args.docs):
             with Engine(str(Path(args.workdir) / f"scale_{n}.db"), "bench_scale", pipeline="splade",
                         kind="splade") as engine:

@@ -289,10 +289,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     with _client(args) as client:
         for query in queries:
             if isinstance(client, BgeM3Client):  # its lexical weights, against the documents' ones
-                vector = client.encode(query, return_dense=False, return_sparse=True, input_type="query",
-                                       top_k=args.query_top_k, return_tokens=True).sparse
+                vector = client.encode_queries(query, return_dense=False, return_sparse=True,
+                                               top_k=args.query_top_k, return_tokens=True).sparse
             else:
-                vector = client.encode(query, top_k=args.query_top_k, return_tokens=True)
+                vector = client.encode_queries(query, top_k=args.query_top_k, return_tokens=True)
             hits = index.search(vector, args.hits)
             if args.json:
                 _print_json({"query": query, "hits": [

@@ -1,6 +1,7 @@
 """Retrieval quality on a BEIR-format dataset, measured by ir-measures.
 
-Documents and queries are encoded by the server. With a SPLADE pipeline the
+Documents and queries are encoded by the server, each on its own side (``input_type``
+``document`` and ``query``: an asymmetric model's query side differs). With a SPLADE pipeline the
 documents go into a :class:`~client.scoring.SparseIndex` and each query
 retrieves its top documents by sparse dot product. With a BGE-M3 pipeline every
 query is scored against every document (brute force, numpy) by dense, sparse
@@ -73,10 +74,13 @@ class Evaluation:
                 "metrics": self.metrics, "library": self.library, "seconds": round(self.seconds, 3)}
 
 
-def _encode(client: SpladeClient | BgeM3Client, texts: Sequence[str],
+def _encode(client: SpladeClient | BgeM3Client, texts: Sequence[str], side: str,
             progress: Callable[[int], None] | None, **kwargs) -> list:
+    """The vectors of ``texts`` encoded on ``side``: ``query`` for queries, ``document`` for documents
+    (an asymmetric model has its own encoder, activation and length for each; the server's
+    default is ``document``)."""
     vectors = []
-    for vector in client.iter_encode(texts, **kwargs):
+    for vector in client.iter_encode(texts, input_type=side, **kwargs):
         vectors.append(vector)
         if progress is not None:
             progress(1)
@@ -115,9 +119,8 @@ def evaluate(client: SpladeClient | BgeM3Client, dataset: BeirDataset, *, name: 
     if isinstance(client, BgeM3Client):
         w = score_weights(score, weights)
         asked = dict(return_dense=w[0] > 0, return_sparse=w[1] > 0, return_colbert_vecs=w[2] > 0)
-        docs: list[M3Embedding] = _encode(client, doc_texts, progress, top_k=doc_top_k, input_type="document", **asked)
-        queries: list[M3Embedding] = _encode(client, query_texts, progress, top_k=query_top_k, input_type="query",
-                                             **asked)
+        docs: list[M3Embedding] = _encode(client, doc_texts, "document", progress, top_k=doc_top_k, **asked)
+        queries: list[M3Embedding] = _encode(client, query_texts, "query", progress, top_k=query_top_k, **asked)
         matrix = hybrid_scores(queries, docs, w) if docs and queries else np.zeros((len(queries), len(docs)))
         for qid, row in zip(query_ids, matrix):
             order = np.lexsort((np.arange(row.size), -row))[:depth]  # best first, ties in corpus order
@@ -125,9 +128,9 @@ def evaluate(client: SpladeClient | BgeM3Client, dataset: BeirDataset, *, name: 
     else:
         if score != "sparse" or weights is not None:
             raise ValueError(f"a SPLADE pipeline ranks by sparse dot product only (score {score!r} asked)")
-        doc_vectors: list[SparseVector] = _encode(client, doc_texts, progress, top_k=doc_top_k)
+        doc_vectors: list[SparseVector] = _encode(client, doc_texts, "document", progress, top_k=doc_top_k)
         index = SparseIndex(doc_ids, doc_vectors)
-        query_vectors: list[SparseVector] = _encode(client, query_texts, progress, top_k=query_top_k)
+        query_vectors: list[SparseVector] = _encode(client, query_texts, "query", progress, top_k=query_top_k)
         for qid, vector in zip(query_ids, query_vectors):
             run[qid] = {hit.id: hit.score for hit in index.search(vector, depth)}
     metrics = measure_run(dataset.qrels, run, measures)

@@ -166,14 +166,13 @@ class Retriever:
     def _encode_queries(self, queries: Sequence[str]) -> list[dict[str, Any]]:
         need = set(self.weights)
         if self.kind == "splade":
-            vectors = (self.client.encode(list(queries), top_k=self.query_top_k, input_type="query")
-                       if "sparse" in need else None)
+            vectors = self.client.encode_queries(list(queries), top_k=self.query_top_k) if "sparse" in need else None
             return [{"sparse": vectors[i] if vectors else None} for i in range(len(queries))]
         asked = dict(return_dense="dense" in need, return_sparse="sparse" in need,
                      return_colbert_vecs="colbert" in need)
         if not any(asked.values()):
             return [{} for _ in queries]
-        embeddings = self.client.encode(list(queries), input_type="query", top_k=self.query_top_k, **asked)
+        embeddings = self.client.encode_queries(list(queries), top_k=self.query_top_k, **asked)
         return [{"sparse": e.sparse, "dense": e.dense, "colbert": e.colbert} for e in embeddings]
 
     def _requests(self, queries: Sequence[str], encoded: list[dict[str, Any]]) -> list[Request]:
@@ -232,8 +231,8 @@ class Retriever:
         """ColBERT scores of each query's candidates: their stored texts encoded as documents."""
         texts = self.engine.texts(d for row in candidates for d in row)
         ids = list(texts)
-        docs = dict(zip(ids, self.client.encode([texts[i] for i in ids], return_dense=False, return_sparse=False,
-                                                return_colbert_vecs=True, input_type="document"))) if ids else {}
+        docs = dict(zip(ids, self.client.encode_corpus([texts[i] for i in ids], return_dense=False,
+                                                       return_sparse=False, return_colbert_vecs=True))) if ids else {}
         out = []
         for query, row in zip(encoded, candidates):
             row = [d for d in row if d in docs]
@@ -304,7 +303,7 @@ def index_documents(client: SpladeClient | BgeM3Client, engine: Engine, records:
         results = client.encode_batches(batches, return_dense=True, return_sparse=True, input_type="document",
                                         top_k=doc_top_k)
     else:
-        results = client.encode_batches(batches, top_k=doc_top_k)
+        results = client.encode_batches(batches, top_k=doc_top_k, input_type="document")
     pending: list[tuple[tuple[str, str], Any]] = []
 
     def flush() -> None:

@@ -70,8 +70,8 @@ def test_sparse_retriever_scores_are_the_dot_products(capsys, splade_index):
     url, engine = splade_index
     dataset = load_beir(BEIR)
     with SpladeClient(url) as c:
-        index = SparseIndex(list(dataset.corpus), c.encode(list(dataset.corpus.values())))
-        queries = c.encode(QUERIES)
+        index = SparseIndex(list(dataset.corpus), c.encode_corpus(list(dataset.corpus.values())))
+        queries = c.encode_queries(QUERIES)
     for answer, query in zip(search(capsys, url, engine, "--retriever", "sparse"), queries):
         expected = index.search(query, 40)
         assert [h["id"] for h in answer["hits"]] == [h.id for h in expected]

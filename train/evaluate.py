@@ -89,11 +89,16 @@ def _to_vectors(matrix) -> list[SparseVector]:
     return out
 
 
-def encode_texts(model, texts: Sequence[str], batch_size: int = 32) -> list[SparseVector]:
+def encode_texts(model, texts: Sequence[str], batch_size: int = 32, side: str = "document") -> list[SparseVector]:
+    """``texts`` encoded on ``side``: SparseEncoder's ``encode_query`` for queries, ``encode_document``
+    for documents (the served ``input_type``; they differ for an asymmetric model)."""
+    if side not in ("query", "document"):
+        raise ValueError(f"side must be 'query' or 'document', got {side!r}")
     if not texts:
         return []
-    return _to_vectors(model.encode(list(texts), batch_size=batch_size, convert_to_sparse_tensor=True,
-                                    show_progress_bar=False))
+    encode = model.encode_query if side == "query" else model.encode_document
+    return _to_vectors(encode(list(texts), batch_size=batch_size, convert_to_sparse_tensor=True,
+                              show_progress_bar=False))
 
 
 def encode_dataset(model_dir: str | os.PathLike, dataset: BeirDataset, max_length: int = 512,
@@ -104,8 +109,8 @@ def encode_dataset(model_dir: str | os.PathLike, dataset: BeirDataset, max_lengt
     start = time.perf_counter()
     model = build_encoder(model_dir, max_length, device)
     doc_ids, query_ids = list(dataset.corpus), list(dataset.queries)
-    docs = encode_texts(model, [dataset.corpus[d] for d in doc_ids])
-    queries = encode_texts(model, [dataset.queries[q] for q in query_ids])
+    docs = encode_texts(model, [dataset.corpus[d] for d in doc_ids], side="document")
+    queries = encode_texts(model, [dataset.queries[q] for q in query_ids], side="query")
     return Encoded(doc_ids, docs, query_ids, queries, time.perf_counter() - start)
 
 
