@@ -57,6 +57,29 @@ class RaggedEncoder:
         name = self.output_names[0]
         return [outputs[name] for outputs in self.run(batches, [name])]
 
+    def run_isolated(self, batches: list[tuple[np.ndarray, np.ndarray]], names=None) -> list[dict[str, np.ndarray] | Exception]:
+        """``run``, where a failure fails only the requests that fail on their own.
+
+        When the whole batch raises, each request runs alone: its outputs, or
+        the exception it raised alone (one bad request must not fail the
+        requests Triton batched with it).
+        """
+        try:
+            return self.run(batches, names)
+        except Exception as error:  # noqa: BLE001 (whatever the runtime raises)
+            if len(batches) == 1:
+                return [error]
+        results: list[dict[str, np.ndarray] | Exception] = []
+        for batch in batches:
+            try:
+                (result,) = self.run([batch], names)
+            except Exception as error:  # noqa: BLE001
+                results.append(error)
+                continue
+            # Copied: the next run reuses the per-text buffers these are views of.
+            results.append({name: value.copy() for name, value in result.items()})
+        return results
+
     def run(self, batches: list[tuple[np.ndarray, np.ndarray]], names=None) -> list[dict[str, np.ndarray]]:
         """[(input_ids, attention_mask) [n_i, L_i]] -> per request {output name: array}.
 

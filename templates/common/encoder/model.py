@@ -28,6 +28,7 @@ import triton_python_backend_utils as pb_utils
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from splade_triton.serving.encoding import RaggedEncoder
+from splade_triton.serving.limits import check_tokens, max_length, vocabulary_size
 from splade_triton.serving.params import Param, parse_text_options, read_model_parameters
 from splade_triton.serving.runtime import PRECISIONS, RUNTIMES, check_fidelity, model_file, open_session
 from splade_triton.serving.sides import read_export_info, read_sides
@@ -70,7 +71,9 @@ class TritonPythonModel:
         warning = check_fidelity(info_path, s["runtime"], s["precision"], s["fidelity_gate"] == "enforce")
         if warning:
             pb_utils.Logger.log_warn(f"{args['model_name']}: {warning}")
-        self.sides = read_sides(read_export_info(folder), info_path)
+        self.name = args["model_name"]
+        info = read_export_info(folder)
+        self.sides = read_sides(info, info_path)
         declared = [o["name"] for o in config.get("output", [])]
         # onnx_file names the document graph (model.onnx unless set); a pair's query graph is its own.
         graphs = {side.graph for side in self.sides.values() if side.encoder == "mlm"}
@@ -79,9 +82,14 @@ class TritonPythonModel:
         if s["precision"] == "int8" and graphs - {"model.onnx"}:
             raise ValueError(f"precision int8 runs the quantized document graph; {sorted(graphs - {'model.onnx'})} "
                              "has no int8 file: serve this model in fp32 or bf16")
-        self.encoders, self.graph_outputs = {}, []
+        self.encoders, self.graph_outputs, self.bounds = {}, [], {}
         for graph in sorted(set(self.graph_of.values())):
             self.encoders[graph], self.graph_outputs = self._open(folder, graph, declared)
+        # What each side's requests are checked against: (vocabulary size, longest text).
+        for graph, encoder in self.encoders.items():
+            vocab = vocabulary_size(info, encoder.session)
+            limits = (vocab, max_length(info, encoder.session, vocab))
+            self.bounds.update({name: limits for name, g in self.graph_of.items() if g == graph})
         self.static = {}
         for name, side in self.sides.items():
             if side.encoder != "static":
@@ -95,6 +103,7 @@ class TritonPythonModel:
             if widths and widths != {weights.shape[0]}:
                 raise ValueError(f"{side.weights} has {weights.shape[0]} weights; the graphs' vocabulary is {widths}")
             self.static[name] = weights
+            self.bounds[name] = (weights.shape[0], None)  # no positions: a weight per distinct token
             self.graph_outputs = declared
 
     def _open(self, folder: str, graph: str, declared: list):
@@ -122,14 +131,12 @@ class TritonPythonModel:
             return None, str(e)
         ids = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy()
         mask = pb_utils.get_input_tensor_by_name(request, "attention_mask").as_numpy()
-        if ids.ndim != 2 or ids.shape != mask.shape:
-            return None, f"input_ids {ids.shape} and attention_mask {mask.shape} must be the same 2-D shape"
-        if side in self.static:
-            if mask.any() and int(ids[mask != 0].max()) >= self.static[side].shape[0]:
-                return None, f"a token id is beyond the {self.static[side].shape[0]} weights of the {side} side"
-        elif not mask.any(axis=1).all():
-            return None, "every text needs at least one token with attention_mask 1"
-        return side, (ids, mask)
+        problem = check_tokens(ids, mask, *self.bounds[side], allow_empty=side in self.static)
+        return (None, problem) if problem else (side, (ids, mask))
+
+    def _failed(self, error: Exception):
+        pb_utils.Logger.log_error(f"{self.name}: a request failed on its own: {type(error).__name__}: {error}")
+        return pb_utils.TritonError(f"the encoder failed on this request: {error}", pb_utils.TritonError.INTERNAL)
 
     def execute(self, requests):
         results, errors, groups = {}, {}, {}
@@ -140,7 +147,10 @@ class TritonPythonModel:
             if side is None:
                 errors[r] = pb_utils.TritonError(batch, pb_utils.TritonError.INVALID_ARG)
             elif side in self.static:
-                results[r] = {"pooled_logits": static_vectors(self.static[side], *batch)}
+                try:
+                    results[r] = {"pooled_logits": static_vectors(self.static[side], *batch)}
+                except Exception as e:  # noqa: BLE001 (this request alone fails)
+                    errors[r] = self._failed(e)
             else:
                 batches[r] = batch
                 groups.setdefault(self.graph_of[side], []).append(r)
@@ -149,8 +159,12 @@ class TritonPythonModel:
             # BGE-M3's [n, L, hidden] ColBERT tensor only for <name>_colbert.
             union = set().union(*(wanted[r] for r in members))
             names = [n for n in self.graph_outputs if n in union]
-            outputs = self.encoders[graph].run([batches[r] for r in members], names) if names else [{} for _ in members]
-            results.update(zip(members, outputs))
+            outputs = self.encoders[graph].run_isolated([batches[r] for r in members], names) if names else [{} for _ in members]
+            for r, output in zip(members, outputs):
+                if isinstance(output, Exception):
+                    errors[r] = self._failed(output)
+                else:
+                    results[r] = output
         responses = []
         for r in range(len(requests)):
             if r in errors:
