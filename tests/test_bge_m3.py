@@ -411,6 +411,8 @@ BAD = {
 
 @pytest.mark.parametrize("kind", list(BAD))
 def test_bad_input_gets_its_own_invalid_arg_and_others_are_answered(protocol, bge_m3_server, reference, kind):
+    """Each bad request its own message, concurrent good ones answered. That a bad one fails
+    alone in an execution it shares with good ones: tests/test_batch_isolation.py."""
     texts, params, message = BAD[kind]
     good = TEXTS[:4]
 
