@@ -46,19 +46,22 @@ from splade_triton.serving.splade import activate
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build" / "bench"
 PERF_ANALYZER_WHEEL = "tritonclient==2.50.0"  # its manylinux1 binary runs on glibc 2.36
+# That wheel pinned with its hash (installed apart from the venv's own tritonclient).
+PERF_ANALYZER_LOCK = ROOT / "requirements" / "perf-analyzer.txt"
 
 
 # --------------------------------------------------------------------------- set-up
 
 
 def perf_analyzer() -> tuple[Path, dict]:
-    """perf_analyzer from the tritonclient 2.50.0 wheel, with the two libraries it needs."""
+    """perf_analyzer from the tritonclient 2.50.0 wheel (hash-checked), with the two libraries it needs."""
     target = BUILD / "perf_analyzer"
     binary = target / "bin" / "perf_analyzer"
     libs = target / "libs"
     if not binary.is_file():
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), PERF_ANALYZER_WHEEL],
+            [sys.executable, "-m", "pip", "install", "--quiet", "--require-hashes", "--no-deps", "--only-binary", ":all:",
+             "--target", str(target), "-r", str(PERF_ANALYZER_LOCK)],
             check=True,
         )
     libs.mkdir(parents=True, exist_ok=True)
