@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from splade_triton.launcher.admin import ADMIN_HEADER, GRPC_ADMIN_HEADER
 from tests import triton
-from tests.conftest import Server
+from tests.conftest import Server, running
 
 QUERY = "what is the capital of france"
 
@@ -154,11 +154,24 @@ def test_model_control_none_refuses_loading_even_with_the_key(repository, tmp_pa
 # --- logs ----------------------------------------------------------------------
 
 
-def test_texts_never_reach_the_log(server):
+@pytest.fixture(scope="module", params=[0, 1], ids=["log-verbose-0", "log-verbose-1"])
+def logging_server(request, repository, tmp_path_factory):
+    """The server at the default log level, and one started with ``--log-verbose 1``."""
+    if request.param == 0:
+        yield request.getfixturevalue("server"), 0
+        return
+    log = tmp_path_factory.mktemp("verbose") / "server.log"
+    with running(repository, log, launcher_args=("--log-verbose", str(request.param))) as srv:
+        yield srv, request.param
+
+
+def assert_texts_never_logged(server, level: int):
+    """Good and bad requests carrying a distinctive text: the log never holds it, nor its hex."""
     marker = f"secret{secrets.token_hex(8)}"
     for protocol in ("http", "grpc"):
         c = triton.client(protocol, server)
         triton.encode(protocol, c, [f"{marker} good text"], outputs=("tokens",))
+        triton.encode(protocol, c, [f"{marker} as a query"], outputs=("tokens",), parameters={"input_type": "query"})
         bad = [
             lambda: c.infer("splade", [triton.text_input(protocol, [f"{marker} \xe9".encode("latin-1")])]),
             lambda: triton.encode(protocol, c, [marker + "x" * 70000]),
@@ -170,8 +183,15 @@ def test_texts_never_reach_the_log(server):
             triton.error_of(call)
     # Flush: the server writes its log as it goes; a further request orders it.
     triton.encode("grpc", triton.client("grpc", server), [QUERY])
-    assert marker not in server.log()
-    assert marker.encode().hex() not in server.log()
+    log = server.log()
+    # The level took effect: tritonserver's verbose lines are there at 1 and only at 1.
+    assert ('"HTTP request:' in log) == (level >= 1), f"the log is not at --log-verbose {level}"
+    assert marker not in log, f"a text reached the log at --log-verbose {level}"
+    assert marker.encode().hex() not in log, f"a text reached the log (in hex) at --log-verbose {level}"
+
+
+def test_texts_never_reach_the_log(logging_server):
+    assert_texts_never_logged(*logging_server)
 
 
 def test_unknown_parameter_names_are_echoed_only_to_the_caller(server):
