@@ -215,9 +215,9 @@ def test_one_tokenizer_and_one_sparse_step_for_both_kinds(tmp_path):
     assert len(tokenizers) == 1
     for name in ("m3_lexical", "splade_sparsify"):
         assert "(SparseStep)" in (output / name / "1" / "model.py").read_text()
-    # SPLADE's tokenizer has one length (no input_type); bge_m3's two.
+    # The assembly writes each side's length into both kinds' tokenizer configs (sides.effective_length).
     splade = pipeline_configs(default_pipeline())["tokenizer"].parameters
-    assert "max_length" in splade and "query_max_length" not in splade and "document_max_length" not in splade
+    assert (splade["query_max_length"].string_value, splade["document_max_length"].string_value) == ("512", "512")
 
 
 def test_lexical_rows_are_the_shared_sparse_rows():

@@ -88,12 +88,12 @@ def test_gpu_repository_shares_everything_but_the_encoder(tmp_path, repository):
         assert served[ensemble] == read_config(repository / ensemble / "config.pbtxt")
     assert served["splade_encoder"].platform == "tensorrt_plan"
     tokenizer = served["splade_tokenizer"]
-    assert (tokenizer.parameters["padding"].string_value, tokenizer.parameters["pad_to_multiple_of"].string_value) == ("batch", "32")
+    assert tokenizer.parameters["pad_to_multiple_of"].string_value == "32"
     # A chunked request's windows fit the engine's max batch.
     assert int(tokenizer.parameters["max_windows"].string_value) <= served["splade_encoder"].max_batch_size
     # Everything else of the tokenizer's config is the CPU one.
     cpu_tokenizer = read_config(repository / "splade_tokenizer" / "config.pbtxt")
-    for key in ("padding", "pad_to_multiple_of", "max_windows"):
+    for key in ("pad_to_multiple_of", "max_windows"):
         del tokenizer.parameters[key], cpu_tokenizer.parameters[key]
     assert tokenizer == cpu_tokenizer
 
@@ -131,7 +131,6 @@ def gpu_shapes() -> Shapes:
 def test_profile_covers_every_tokenizer_bucket_and_the_max_batch_size():
     shapes = gpu_shapes()
     profile = engine_profile(shapes)
-    assert shapes.padding == "batch"
     buckets = shapes.buckets()
     assert buckets[-1] == shapes.max_length == 512
     for seq in buckets:
@@ -170,14 +169,14 @@ def test_the_gpu_tools_read_the_pipelines_model_directory(tmp_path):
 
 @pytest.mark.parametrize("multiple", [48, 100])
 def test_profile_refuses_padding_beyond_max_length(multiple):
-    shapes = Shapes(64, 64, 512, multiple, "batch")
+    shapes = Shapes(64, 64, 512, multiple)
     with pytest.raises(ValueError, match="does not divide max_length"):
         engine_profile(shapes)
 
 
 def test_profile_refuses_an_encoder_batch_below_a_request():
     with pytest.raises(ValueError, match="could never run"):
-        engine_profile(Shapes(32, 64, 512, 32, "batch"))
+        engine_profile(Shapes(32, 64, 512, 32))
     with pytest.raises(ValueError, match="outside"):
         engine_profile(gpu_shapes(), opt_batch=65)
 
@@ -420,7 +419,7 @@ def test_gpu_tokenizer_and_sparsify_configs_serve_the_same_vectors(tmp_path, rep
 
         client = triton.client("grpc", server)
         served = client.get_model_config("splade_tokenizer").config.parameters
-        assert (served["padding"].string_value, served["pad_to_multiple_of"].string_value) == ("batch", "32")
+        assert served["pad_to_multiple_of"].string_value == "32"
         # Concurrent requests of different lengths, so one tokenizer execution pads several alike.
         texts = VARIED_TEXTS
         with ThreadPoolExecutor(8) as pool:
@@ -643,9 +642,9 @@ def test_bge_m3_gpu_repository_shares_everything_but_the_encoder(tmp_path):
     for ensemble in ("bge_m3", "bge_m3_colbert"):
         assert read_config(gpu / ensemble / "config.pbtxt") == read_config(cpu / ensemble / "config.pbtxt")
     tokenizer = read_config(gpu / "bge_m3_tokenizer" / "config.pbtxt")
-    assert (tokenizer.parameters["padding"].string_value, tokenizer.parameters["pad_to_multiple_of"].string_value) == ("batch", "32")
+    assert tokenizer.parameters["pad_to_multiple_of"].string_value == "32"
     cpu_tokenizer = read_config(cpu / "bge_m3_tokenizer" / "config.pbtxt")
-    assert cpu_tokenizer.parameters["pad_to_multiple_of"].string_value == "1" and "padding" not in cpu_tokenizer.parameters
+    assert cpu_tokenizer.parameters["pad_to_multiple_of"].string_value == "1"
     for key in ("query_max_length", "document_max_length", "max_text_bytes", "max_request_bytes"):
         assert tokenizer.parameters[key] == cpu_tokenizer.parameters[key]
     lexical = read_config(gpu / "bge_m3_lexical" / "config.pbtxt")
@@ -660,7 +659,7 @@ def test_bge_m3_profile_reaches_the_document_length(tmp_path):
     pipeline = Pipeline("m3", "bge_m3", fake_export(tmp_path / "m3", max_length=8192))
     shapes = Shapes.from_configs(configs("gpu", pipeline))
     profile = engine_profile(shapes)
-    assert shapes.max_length == 8192 and shapes.padding == "batch"
+    assert shapes.max_length == 8192
     assert profile.max == (64, 8192) and profile.min == (1, 1)
     assert shapes.buckets() == list(range(32, 8193, 32))
     assert all(profile.covers(64, seq) for seq in shapes.buckets())
@@ -813,7 +812,7 @@ def test_bge_m3_gpu_tokenizer_and_lexical_configs_serve_the_cpu_outputs(tmp_path
     try:
         server.wait_ready()
         served = triton.client("grpc", server).get_model_config("bge_m3_tokenizer").config.parameters
-        assert (served["padding"].string_value, served["pad_to_multiple_of"].string_value) == ("batch", "32")
+        assert served["pad_to_multiple_of"].string_value == "32"
         with ThreadPoolExecutor(8) as pool:
             got = list(pool.map(lambda job: infer(server, *job), jobs))
     finally:

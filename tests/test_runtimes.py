@@ -165,7 +165,7 @@ def test_served_splade_with_openvino_fp32_equals_onnxruntime_over_grpc(tmp_path)
     assert ((ort > 0) == (ov > 0)).all()
 
 
-def test_a_precision_that_failed_its_recorded_fidelity_gate_is_refused_unless_warn(tmp_path):
+def test_a_precision_without_a_passing_recorded_gate_is_refused_unless_warn(tmp_path):
     from splade_triton.serving.runtime import check_fidelity
 
     info = tmp_path / "export_info.json"
@@ -176,5 +176,7 @@ def test_a_precision_that_failed_its_recorded_fidelity_gate_is_refused_unless_wa
     with pytest.raises(ValueError, match=r"failed its fidelity gate .*worst text 0.94 < 0.95"):
         check_fidelity(str(info), "openvino", "bf16")
     assert "failed its fidelity gate" in check_fidelity(str(info), "openvino", "bf16", enforce=False)
-    # Nothing recorded (export.quantize not run): served, with a warning saying how to record it.
-    assert "python -m export.quantize" in check_fidelity(str(tmp_path / "absent.json"), "openvino", "bf16")
+    # Nothing recorded (export.quantize not run): refused, saying how to record it; warn serves it.
+    with pytest.raises(ValueError, match=r"no fidelity gate recorded for openvino_bf16 .*python -m export.quantize"):
+        check_fidelity(str(tmp_path / "absent.json"), "openvino", "bf16")
+    assert "python -m export.quantize" in check_fidelity(str(tmp_path / "absent.json"), "openvino", "bf16", enforce=False)

@@ -178,7 +178,7 @@ def test_embedding_only_from_splade_embedding(protocol, client, server):
 def batch_padded_server(tmp_path_factory):
     """The repository with the tokenizer set up for a fixed-shape (GPU) encoder."""
     repository = assemble_variant(tmp_path_factory.mktemp("batch-padding"),
-                                  tokenizer={"parameters": {"padding": "batch", "pad_to_multiple_of": "32"}})
+                                  tokenizer={"parameters": {"pad_to_multiple_of": "32"}})
     with running(repository, repository.parent / "server.log") as srv:
         yield srv
 

@@ -23,9 +23,10 @@ The kind's templates (``templates/<kind>/``) hold one folder per step with its
 config.pbtxt and, for Python steps, model.py (or takes it from
 ``templates/common/<step>/``, shared by all kinds); ``templates/<kind>/kind.toml``
 says which steps are ensembles and which files of the model directory each
-step takes and which token lengths are bounded by the model's position
-embeddings (``[lengths]``: checked against the export's ``export_info.json``
-``max_length``); ``templates/<kind>/gpu/`` is the GPU variant (a step's
+step takes and which token lengths per side the assembly writes into the
+served config (``[lengths]``: ``serving.sides.effective_length``, never beyond
+the export's ``export_info.json`` ``max_length``); ``templates/<kind>/gpu/``
+is the GPU variant (a step's
 ``config.pbtxt`` there replaces the CPU step, a ``config.override.pbtxt`` is
 merged into it).
 
@@ -198,46 +199,54 @@ def _template_config(pipeline: Pipeline, step: str, device: str) -> tuple[model_
     return config, False
 
 
-def _model_max_length(pipeline: Pipeline) -> tuple[int, Path] | None:
-    """The export's ``max_length`` (what its position embeddings allow), when it states one."""
-    if pipeline.model is None:
-        return None
-    path = pipeline.model / _EXPORT_INFO
-    if not path.is_file():
-        return None
-    try:
-        length = json.loads(path.read_text()).get("max_length")
-    except (OSError, ValueError) as e:
-        raise ValueError(f"pipeline '{pipeline.name}': cannot read {path}: {e}") from None
-    return (length, path) if isinstance(length, int) and not isinstance(length, bool) else None
+def _spec_parameters(pipeline: Pipeline, step: str) -> set[str]:
+    """The parameters of ``step`` its spec sets itself (``parameters`` or its ``config`` text)."""
+    settings = pipeline.steps.get(step, {})
+    names = set(settings.get("parameters", {}))
+    if "config" in settings:
+        names |= set(parse_config(settings["config"]).parameters)
+    return names
 
 
-def _bound_lengths(pipeline: Pipeline, kind: dict, configs: dict[str, model_config_pb2.ModelConfig]) -> None:
-    """Token lengths (kind.toml ``[lengths]``) never beyond the model's: a spec
-    that sets more is refused, a template default that is more is lowered."""
-    bounded = kind.get("lengths", {})
-    limit = _model_max_length(pipeline) if bounded else None
-    if limit is None:
+def _bound_lengths(pipeline: Pipeline, kind: dict, configs: dict[str, model_config_pb2.ModelConfig],
+                   device: str = "cpu") -> None:
+    """Each side's token length written into the served config of the steps that cut texts
+    (kind.toml ``[lengths]``): ``serving.sides.effective_length`` of the spec's own settings,
+    the export's info and the template's value as the default. So the tokenizer, the GPU
+    engine profile and a reader of the config see one length per side. A spec setting
+    beyond the model's position embeddings is refused; a template default is lowered."""
+    from splade_triton.serving.sides import DEFAULT_MAX_LENGTH, effective_length, read_export_info
+
+    if not kind.get("lengths"):
         return
-    limit, path = limit
-    for step, names in bounded.items():
-        config, settings = configs[step], pipeline.steps.get(step, {}).get("parameters", {})
-        for name in names:
-            if name not in config.parameters:
+    where = pipeline.model / _EXPORT_INFO if pipeline.model else Path(_EXPORT_INFO)
+    try:
+        info = read_export_info(pipeline.model) if pipeline.model else None
+    except ValueError as e:
+        raise ValueError(f"pipeline '{pipeline.name}': {e}") from None
+    for step, names in kind["lengths"].items():
+        config, explicit = configs[step], _spec_parameters(pipeline, step)
+        template, _ = _template_config(pipeline, step, device)
+        settings = {}
+        for name in ("max_length", *names):
+            if name not in explicit:
                 continue
             text = config.parameters[name].string_value
             try:
-                value = int(text)
+                settings[name] = int(text)
             except ValueError:
                 raise ValueError(f"pipeline '{pipeline.name}' [{step}.parameters] {name} = {text!r}: not an integer") from None
-            if value <= limit:
-                continue
-            if name in settings:
-                raise ValueError(
-                    f"pipeline '{pipeline.name}' [{step}.parameters] {name} = {value} is beyond what the model serves: "
-                    f"{limit} tokens (max_length of {path}: its position embeddings)"
-                )
-            config.parameters[name].string_value = str(limit)
+            if settings[name] < 2:
+                raise ValueError(f"pipeline '{pipeline.name}' [{step}.parameters] {name} = {text}: must be an integer >= 2")
+        for name in names:
+            side = name.removesuffix("_max_length")
+            default = next((int(template.parameters[key].string_value) for key in (name, "max_length")
+                            if key in template.parameters), DEFAULT_MAX_LENGTH)
+            try:
+                length = effective_length(side, settings, info, default, str(where))
+            except ValueError as e:
+                raise ValueError(f"pipeline '{pipeline.name}' [{step}.parameters] {e}") from None
+            config.parameters[name].string_value = str(length)
 
 
 def pipeline_configs(pipeline: Pipeline, device: str = "cpu") -> dict[str, model_config_pb2.ModelConfig]:
@@ -267,7 +276,7 @@ def pipeline_configs(pipeline: Pipeline, device: str = "cpu") -> dict[str, model
                 raise ValueError(f"{pipeline.templates / step / _REPLACE} runs {ensemble_step.model_name!r}, not a step of '{pipeline.kind}'")
             ensemble_step.model_name = pipeline.model_name(ensemble_step.model_name)
         configs[step] = config
-    _bound_lengths(pipeline, kind, configs)
+    _bound_lengths(pipeline, kind, configs, device)
     return configs
 
 
@@ -400,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
                 raise ValueError(f"--plan takes NAME=PATH, got {item!r}")
             plans[name] = Path(path)
         out = assemble(args.output, pipelines, args.device, plans)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: a missing file, an output that is not a directory
         raise SystemExit(f"splade_triton.artifacts.repository: {e}") from None
     served = [p.name for p in pipelines if p.name not in skipped(pipelines)]
     print(f"assembled the {args.device} repository in {out}: {', '.join(served)}")

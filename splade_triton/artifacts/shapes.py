@@ -82,7 +82,6 @@ class Shapes:
     request_max_batch_size: int  # texts per client request (the ensemble's max_batch_size)
     max_length: int  # tokens per text after truncation, special tokens included
     pad_to_multiple_of: int
-    padding: str  # "request" | "batch"
 
     @classmethod
     def from_configs(cls, configs: dict[str, model_config_pb2.ModelConfig]) -> "Shapes":
@@ -94,7 +93,6 @@ class Shapes:
             request_max_batch_size=configs["ensemble"].max_batch_size,
             max_length=tokenizer_max_length(tokenizer),
             pad_to_multiple_of=_positive_int(tokenizer, "pad_to_multiple_of", "1"),
-            padding=_parameter(tokenizer, "padding", "request"),
         )
 
     @classmethod

@@ -25,9 +25,11 @@ import json
 import os
 from dataclasses import dataclass
 
-__all__ = ["SIDES", "Side", "read_export_info", "read_sides"]
+__all__ = ["DEFAULT_MAX_LENGTH", "SIDES", "Side", "effective_length", "read_export_info", "read_sides"]
 
 SIDES = ("query", "document")
+# A side's length where nothing sets one: BERT's 512 positions.
+DEFAULT_MAX_LENGTH = 512
 ENCODERS = ("mlm", "static")
 _ACTIVATIONS = ("log1p_relu", "log1p_log1p_relu")  # splade.ACTIVATIONS minus identity (static sides' own)
 
@@ -87,3 +89,28 @@ def read_sides(info: dict | None, where: str = "export_info.json") -> dict[str, 
     if not isinstance(sides, dict) or set(sides) != set(SIDES):
         raise ValueError(f"{where}: sides must have exactly the keys query and document, got {sides!r}")
     return {name: _side(name, sides[name], where) for name in SIDES}
+
+
+def effective_length(side: str, parameters, info: dict | None, default: int = DEFAULT_MAX_LENGTH,
+                     where: str = "export_info.json") -> int:
+    """The tokens a side's texts are cut to, special tokens included: the one rule of the
+    tokenizer, the repository's assembly and the GPU engine profile.
+
+    First of: the side's own setting (``query_max_length`` / ``document_max_length`` in
+    ``parameters``, the settings made explicitly), ``max_length`` there, the export's length
+    of the side (export_info.json ``sides``), ``default`` (the template's). Never beyond the
+    export's ``max_length`` (its position embeddings): a setting beyond it is refused
+    (ValueError naming it and ``where``), the export's side length and ``default`` are lowered to it.
+    """
+    limit = (info or {}).get("max_length")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 2):
+        raise ValueError(f"{where}: max_length must be an integer >= 2, got {limit!r}")
+    for name in (f"{side}_max_length", "max_length"):
+        value = parameters.get(name)
+        if value is not None:
+            if limit is not None and value > limit:
+                raise ValueError(f"{name} = {value} is beyond what the model serves: {limit} tokens "
+                                 f"(max_length of {where}: its position embeddings)")
+            return value
+    length = read_sides(info, where)[side].max_length or default
+    return length if limit is None else min(length, limit)

@@ -1,12 +1,13 @@
 """Triton Python model: UTF-8 texts -> input_ids / attention_mask, for every kind.
 
 Sides: the request parameter ``input_type`` (query | document, "passage" a
-synonym; default document) picks the side, each with its own length: the
-config's ``query_max_length`` / ``document_max_length``, else the export's
-(export_info.json ``sides``), else ``max_length``; and its own tokenization
-(an inference-free query side adds no special tokens, as
-sentence-transformers' SparseStaticEmbedding). No length may exceed the
-export's ``max_length`` (the model's position embeddings) where it has one.
+synonym; default document) picks the side, each with its own length
+(``splade_triton.serving.sides.effective_length``: the config's
+``query_max_length`` / ``document_max_length``, else its ``max_length``, else
+the export's length of the side, else 512; never beyond the export's
+``max_length``, its position embeddings); and its own tokenization (an
+inference-free query side adds no special tokens, as sentence-transformers'
+SparseStaticEmbedding).
 
 Long texts (``overflow``, per request, default in config): ``truncate`` (keep
 ``max_length`` tokens from the ``truncation_direction`` end), ``error``
@@ -33,22 +34,18 @@ from splade_triton.serving.params import (
     DIRECTIONS, OVERFLOWS, Param, RequestOptions, TextOptions, parse_request_options, parse_text_options,
     read_model_parameters, request_parameters,
 )
-from splade_triton.serving.sides import SIDES, read_export_info, read_sides
+from splade_triton.serving.sides import SIDES, effective_length, read_export_info, read_sides
 from splade_triton.serving.tokens import load_tokenizer, pad_ids, round_length
 from splade_triton.serving.windows import TextTooLong, cut, special_count
 
 _LENGTH = (lambda v: v >= 2, "an integer >= 2")
 PARAMETERS = {
-    "max_length": Param(int, 512, *_LENGTH),
-    # Absent: the export's length of the side, else max_length.
+    # Absent: see effective_length (the export's length of the side, else 512).
+    "max_length": Param(int, None, *_LENGTH),
     "query_max_length": Param(int, None, *_LENGTH),
     "document_max_length": Param(int, None, *_LENGTH),
     "max_text_bytes": Param(int, 65536, lambda v: v >= 1, "an integer >= 1"),
     "max_request_bytes": Param(int, 1048576, lambda v: v >= 1, "an integer >= 1"),
-    # "request" and "batch" pad alike (each request to its own longest text,
-    # rounded up to pad_to_multiple_of); "batch" tells the GPU tools that the
-    # encoder takes rectangular batches (splade_triton/artifacts/shapes.py).
-    "padding": Param(str, "request", lambda v: v in ("request", "batch"), "'request' or 'batch'"),
     "pad_to_multiple_of": Param(int, 1, lambda v: v >= 1, "an integer >= 1"),
     # Request defaults of overflow / truncation_direction.
     "overflow": Param(str, "truncate", lambda v: v in OVERFLOWS, " | ".join(OVERFLOWS)),
@@ -69,18 +66,12 @@ class TritonPythonModel:
         self.name = config.get("name")
         self.settings = s = read_model_parameters(config, PARAMETERS)
         version = os.path.join(args["model_repository"], args["model_version"])
-        info = read_export_info(version)
-        sides = read_sides(info, os.path.join(version, "export_info.json"))
-        self.lengths = {side: s[f"{side}_max_length"] or sides[side].max_length or s["max_length"] for side in SIDES}
-        limit = (info or {}).get("max_length")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 2):
-            raise ValueError(f"{version}/export_info.json: max_length must be an integer >= 2, got {limit!r}")
-        for side, length in self.lengths.items():
-            if limit is not None and length > limit:
-                raise ValueError(
-                    f"model parameter {side}_max_length={length} of model '{self.name}' is beyond what the model "
-                    f"serves: {limit} tokens (max_length of {version}/export_info.json: its position embeddings)"
-                )
+        info, info_path = read_export_info(version), os.path.join(version, "export_info.json")
+        sides = read_sides(info, info_path)
+        try:
+            self.lengths = {side: effective_length(side, s, info, where=info_path) for side in SIDES}
+        except ValueError as e:
+            raise ValueError(f"model '{self.name}': {e}") from None
         self.path = os.path.join(version, "tokenizer.json")
         self.special = {side: sides[side].special_tokens for side in SIDES}
         self._tokenizers = {}
@@ -160,9 +151,9 @@ class TritonPythonModel:
                              f"is {self.settings['max_windows']} per request (max_windows): send fewer or shorter texts")
         # Each request is padded to its own longest row, rounded up to a
         # multiple of pad_to_multiple_of, never past its max_length (a
-        # fixed-shape encoder's profile ends there). With "batch" (a TensorRT
-        # encoder) that multiple is the bucket width: requests of one bucket
-        # share a shape and batch together in the encoder's dynamic batcher.
+        # fixed-shape encoder's profile ends there). For a TensorRT encoder
+        # that multiple is the bucket width: requests of one bucket share a
+        # shape and batch together in the encoder's dynamic batcher.
         # The CPU encoder regroups the rows of all requests by length itself.
         # At least one column: a text without tokens (an empty query of a side
         # without special tokens) is a row of padding.
