@@ -94,7 +94,7 @@ def test_trained_model_exports_and_serves_after_a_reload(trained, tmp_path):
     with running(repo, tmp_path / "server.log") as server, SpladeClient(f"http://{server.http_url}") as client:
         before = client.encode(text)
         assemble(repo, [dataclasses.replace(stock, model=exported)])  # what train.install does to the repository
-        reloaded = reload_pipeline(Admin("127.0.0.1", server.http_port, server.admin_key), stock)
+        reloaded = reload_pipeline(Admin("127.0.0.1", server.http_port, server.admin_key), stock, repo)
         assert set(reloaded[:3]) == {"splade_tokenizer", "splade_encoder", "splade_sparsify"}  # steps first
         assert set(reloaded[3:]) == {"splade", "splade_embedding", "splade_windows"}
         after = client.encode(text)

@@ -7,9 +7,10 @@
    export comes back with ``python -m export.export_onnx --model models/splade-tiny``);
 2. assembles the repository (default ``model_repository``) from pipelines/*.toml;
 3. with ``--server HOST:PORT`` (HTTP; the admin key from SPLADE_ADMIN_KEY), reloads the
-   pipeline's models through Triton's model-repository API: the launcher serves in
-   explicit model-control mode, so a load of a model whose files changed reloads it
-   (Triton swaps it in once the new instance is ready) and every other pipeline keeps running.
+   pipeline's models through Triton's model-repository API, each with the config just
+   assembled (a changed spec setting is served at once): the launcher serves in explicit
+   model-control mode, Triton swaps each model in once the new instance is ready, and every
+   other pipeline keeps running. ``--repository`` must be the repository that server serves.
 """
 
 from __future__ import annotations
@@ -18,24 +19,34 @@ import argparse
 import os
 from pathlib import Path
 
+from google.protobuf import json_format
+
 from export import export_onnx
 from splade_triton.artifacts.repository import PIPELINES, Pipeline
+from splade_triton.artifacts.shapes import read_config
 from splade_triton.launcher.admin import ADMIN_KEY_ENV, Admin
 
 __all__ = ["install", "main", "reload_pipeline"]
 
 
-def reload_pipeline(admin: Admin, pipeline: Pipeline) -> list[str]:
+def reload_pipeline(admin: Admin, pipeline: Pipeline, repository: Path) -> list[str]:
     """Load each of ``pipeline``'s models again, composing steps first, the ensembles last.
 
-    Each load is given the model's served config, which makes Triton load it afresh from the
-    repository (a plain load of a loaded model may be taken as nothing to do)."""
+    Each load is given the config just assembled in ``repository`` (its config.pbtxt): that
+    makes Triton load the model afresh (a plain load of a loaded model may be taken as
+    nothing to do) and with the new settings (the served config would keep the old ones)."""
     steps = pipeline.kind_spec()["steps"]
-    names = [pipeline.model_name(step) for step in steps]
-    composing = [n for n in names if not admin.is_ensemble(n)]
-    ensembles = [n for n in names if n not in composing]
+    configs = {}
+    for step in steps:
+        name = pipeline.model_name(step)
+        path = Path(repository) / name / "config.pbtxt"
+        if not path.is_file():
+            raise SystemExit(f"train.install: {path} not found: is {repository} the repository the server serves?")
+        configs[name] = json_format.MessageToDict(read_config(path), preserving_proto_field_name=True)
+    composing = [n for n, c in configs.items() if c.get("platform") != "ensemble"]
+    ensembles = [n for n in configs if n not in composing]
     for name in composing + ensembles:
-        admin.load(name, admin.config(name))
+        admin.load(name, configs[name])
     return composing + ensembles
 
 
@@ -53,7 +64,7 @@ def install(model: Path, pipeline_name: str, repository: Path, server: str | Non
         if not key:
             raise SystemExit(f"train.install: set {ADMIN_KEY_ENV} to the server's admin key to reload it")
         host, _, port = server.rpartition(":")
-        reloaded = reload_pipeline(Admin(host or "127.0.0.1", int(port), key), pipeline)
+        reloaded = reload_pipeline(Admin(host or "127.0.0.1", int(port), key), pipeline, repository)
         print(f"reloaded {', '.join(reloaded)} on {server}; other pipelines untouched")
     return pipeline.model
 
