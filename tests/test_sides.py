@@ -19,6 +19,7 @@ side's requests or alone.
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,7 +34,21 @@ from tests.conftest import ROOT, running
 
 MODELS = ROOT / "build" / "models"
 PIPELINES = {"router": "splade-router-tiny", "opensearch": "splade-opensearch-tiny", "pair": "splade-pair-tiny"}
-TEXTS = [*VARIED_TEXTS, "[CLS] a literal [MASK] token", "word " * 700]
+
+
+def distinct_words(n: int) -> str:
+    """``n`` different whole words of the fixtures' vocabulary (BERT uncased, shared by all
+    three), one token each: a text whose beginning, end and whole give different vectors."""
+    path = MODELS / PIPELINES["router"] / "tokenizer.json"
+    if not path.is_file():
+        return ""  # not exported: sides_server fails, saying so
+    vocab = json.loads(path.read_text())["model"]["vocab"]
+    words = sorted(w for w in vocab if w.isascii() and w.isalpha() and len(w) >= 4)
+    return " ".join(words[:: len(words) // n][:n])
+
+
+LONG = distinct_words(700)  # past every side's max_length
+TEXTS = [*VARIED_TEXTS, "[CLS] a literal [MASK] token", LONG]
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +138,27 @@ def test_sides_count_tokens_their_own_way(sides_server):
     assert counts["query"][1] == 0
 
 
-def test_a_query_side_chunks_and_truncates_like_the_document_side(sides_server, reference):
-    long = TEXTS[-1]  # 700 words: past 512 tokens
-    out = encode("grpc", sides_server, "router", [long], "query", overflow="chunk")[0]
-    # Static weights of distinct tokens: the whole text's set, whatever the windows.
-    assert_same(out, encode("grpc", sides_server, "router", [long[:200]], "query")[0])
+def test_a_static_query_side_truncates_either_end_and_chunks(sides_server, reference):
+    """700 distinct one-token words, past the side's 512: right truncation keeps the first 512
+    tokens' weights, left the last 512, chunk all 700; three different vectors."""
+    from tokenizers import Tokenizer
+
+    folder = MODELS / PIPELINES["router"]
+    weights = np.load(folder / "query_weights.npy")
+    ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(LONG, add_special_tokens=False).ids
+    assert len(ids) == len(set(ids)) == 700
+
+    def static(kept):
+        vector = np.zeros(weights.shape, np.float32)
+        vector[kept] = weights[kept]
+        return vector
+
+    want = {"right": static(ids[:512]), "left": static(ids[-512:]), "chunk": static(ids)}
+    modes = {"right": {}, "left": {"truncation_direction": "left"}, "chunk": {"overflow": "chunk"}}
+    got = {mode: encode("grpc", sides_server, "router", [LONG], "query", **options)[0] for mode, options in modes.items()}
+    for mode in modes:
+        assert_same(got[mode], want[mode])
+    # sentence-transformers truncates on the right.
+    assert_same(got["right"], reference["router"]["query"][-1])
+    for a, b in (("right", "left"), ("right", "chunk"), ("left", "chunk")):
+        assert (got[a] != got[b]).sum() >= 100, f"{a} and {b} give the same vector"
