@@ -1,22 +1,24 @@
-"""Validate a TensorRT plan against ONNX Runtime FP32 on a few hundred texts.
+"""Validate a TensorRT plan against ONNX Runtime FP32 on a few hundred texts, with the fidelity gate.
 
 Both run the same padded batches (lengths rounded up like the GPU tokenizer,
-mixed lengths in each batch, so the padding mask is exercised); the SPLADE
-weights log1p(relu(.)) of each text are compared:
+mixed lengths in each batch, so the padding mask is exercised), and the
+outputs go through the one fidelity gate of every lower precision
+(``splade_triton.artifacts.fidelity.gate_outputs``, the CPU bf16 / int8 gate's):
 
-- max and mean absolute difference;
-- recall of each text's top-50 terms (of the reference's 50 largest, the
-  share also among the engine's 50 largest), pooled over all texts.
+- SPLADE: the top-50 recall of the weights log1p(relu(.)), pooled over texts
+  and on the worst text;
+- BGE-M3: the dense vector's cosine on every text, the lexical weights'
+  top-50 recall, every real token's ColBERT vector's cosine.
 
-Fails (status 1) when the recall is below ``--min-recall`` (0.99), or, for an
-FP32 plan, when the max abs difference exceeds ``--fp32-tolerance``.
-``--record`` adds the figures to the plan's provenance JSON.
+Fails (status 1) when the gate fails, or, for an FP32 SPLADE plan, when the
+max abs difference exceeds ``--fp32-tolerance``. ``--record`` adds the
+figures to the plan's provenance JSON.
 
 Needs TensorRT, a CUDA GPU and the CUDA runtime library (the GPU image has
 them); without them it exits at once, status 3, with one line.
 
     python -m export.validate_engine --plan build/engine/model.plan
-    python -m export.validate_engine --pipeline pipelines/other.toml --plan PLAN
+    python -m export.validate_engine --pipeline pipelines/bge_m3.toml --plan PLAN
 """
 
 from __future__ import annotations
@@ -31,13 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
+from splade_triton.artifacts.fidelity import gate_outputs
 from splade_triton.artifacts.gpu_probe import Unavailable, require_tensorrt
-from splade_triton.artifacts.numerics import compare_weights, padded_batches, validation_texts
-from splade_triton.artifacts.onnx_graph import OUTPUT
+from splade_triton.artifacts.numerics import padded_batches, validation_texts
 from splade_triton.artifacts.provenance import provenance_path
 from splade_triton.artifacts.gpu_pipeline import DEFAULT_SPEC, GpuPipeline
 from splade_triton.artifacts.repository import ROOT
-from splade_triton.serving.splade import activate
 from splade_triton.serving.tokens import load_tokenizer
 
 _H2D, _D2H = 1, 2
@@ -85,7 +86,7 @@ class CudaRuntime:
 
 
 class Engine:
-    """A deserialized plan run on padded int64 batches."""
+    """A deserialized plan run on padded int64 batches: every output, as the engine shapes it."""
 
     def __init__(self, trt, plan: Path, cuda: CudaRuntime):
         self.trt, self.cuda = trt, cuda
@@ -94,25 +95,32 @@ class Engine:
         if self.engine is None:
             raise RuntimeError(f"{plan} does not deserialize with TensorRT {trt.__version__} on this GPU")
         self.context = self.engine.create_execution_context()
-        max_batch, max_seq = self.engine.get_tensor_profile_shape("input_ids", 0)[2]
-        self.vocab = self.engine.get_tensor_shape(OUTPUT)[-1]
-        self.buffers = {
-            "input_ids": cuda.malloc(max_batch * max_seq * 8),
-            "attention_mask": cuda.malloc(max_batch * max_seq * 8),
-            OUTPUT: cuda.malloc(max_batch * self.vocab * 4),
-        }
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.types = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        # Buffers for the largest shapes: the profile's max inputs and the outputs they give.
+        max_shape = tuple(self.engine.get_tensor_profile_shape("input_ids", 0)[2])
+        for name in ("input_ids", "attention_mask"):
+            self.context.set_input_shape(name, max_shape)
+        self.buffers = {name: cuda.malloc(int(np.prod(self._shape(name))) * self.types[name].itemsize)
+                        for name in ("input_ids", "attention_mask", *self.outputs)}
         for name, pointer in self.buffers.items():
             self.context.set_tensor_address(name, pointer)
 
-    def run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _shape(self, name: str) -> tuple:
+        return tuple(self.context.get_tensor_shape(name))
+
+    def run(self, ids: np.ndarray, mask: np.ndarray) -> dict:
         for name, array in (("input_ids", ids), ("attention_mask", mask)):
             self.context.set_input_shape(name, tuple(array.shape))
-            self.cuda.to_device(self.buffers[name], array.astype(np.int64))
+            self.cuda.to_device(self.buffers[name], array.astype(self.types[name]))
         if not self.context.execute_async_v3(self.cuda.stream):
             raise RuntimeError(f"engine execution failed for shape {ids.shape}")
         self.cuda.synchronize()
-        out = np.empty((ids.shape[0], self.vocab), dtype=np.float32)
-        self.cuda.to_host(out, self.buffers[OUTPUT])
+        out = {}
+        for name in self.outputs:
+            out[name] = np.empty(self._shape(name), dtype=self.types[name])
+            self.cuda.to_host(out[name], self.buffers[name])
         return out
 
 
@@ -125,8 +133,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--onnx", type=Path, default=None, help="default: <the pipeline's model directory>/model.onnx")
     parser.add_argument("--texts", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--k", type=int, default=50, help="top-k terms whose recall is measured")
-    parser.add_argument("--min-recall", type=float, default=0.99)
     parser.add_argument("--fp32-tolerance", type=float, default=1e-3, help="max abs difference allowed for an FP32 plan")
     parser.add_argument("--record", action="store_true", help="add the figures to the plan's provenance JSON")
     parser.add_argument("--json-out", type=Path, default=None)
@@ -148,26 +154,32 @@ def main(argv: list[str] | None = None) -> None:
     batch_size = min(args.batch_size, shapes.encoder_max_batch_size)
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    graph_outputs = [o.name for o in session.get_outputs()]
     engine = Engine(trt, args.plan, cuda)
-    reference, candidate, engine_seconds = [], [], 0.0
+    batches, reference, candidate, engine_seconds = [], [], [], 0.0
     for ids, mask in padded_batches(tokenizer, texts, shapes, batch_size):
-        reference.append(session.run(None, {"input_ids": ids, "attention_mask": mask})[0])
+        batches.append((ids, mask))
+        reference.append(dict(zip(graph_outputs, session.run(None, {"input_ids": ids, "attention_mask": mask}))))
         started = time.perf_counter()
         candidate.append(engine.run(ids, mask))
         engine_seconds += time.perf_counter() - started
-    report = compare_weights(activate(np.concatenate(reference)), activate(np.concatenate(candidate)), args.k)
-    report.update(precision=precision, tensorrt_version=trt.__version__, min_recall_required=args.min_recall,
-                  engine_seconds=round(engine_seconds, 3), batch_size=batch_size)
-    failures = []
-    if report["topk_recall"] < args.min_recall:
-        failures.append(f"top-{args.k} recall {report['topk_recall']:.4f} < {args.min_recall}")
-    if precision == "fp32" and report["max_abs_diff"] > args.fp32_tolerance:
+    kind = gpu_pipeline.pipeline.kind
+    special, vocab = None, None
+    if kind == "bge_m3":
+        info = json.loads((gpu_pipeline.pipeline.model / "export_info.json").read_text())
+        special, vocab = list(info["special_ids"].values()), int(info["vocab_size"])
+    report = gate_outputs(kind, batches, reference, candidate, special, vocab)
+    report.update(precision=precision, tensorrt_version=trt.__version__, engine_seconds=round(engine_seconds, 3),
+                  batch_size=batch_size)
+    failures = list(report["failures"])
+    if kind == "splade" and precision == "fp32" and report["max_abs_diff"] > args.fp32_tolerance:
         failures.append(f"max abs diff {report['max_abs_diff']:.3g} > {args.fp32_tolerance:g} for an FP32 plan")
     report["passed"] = not failures
-    print(f"validation of {args.plan.name} ({precision}) on {report['texts']} texts vs ONNX Runtime FP32: "
-          f"max abs diff {report['max_abs_diff']:.3g}, mean {report['mean_abs_diff']:.3g}, "
-          f"top-{args.k} recall {report['topk_recall']:.4f} (worst text {report['min_text_recall']:.3f}), "
-          f"non-zero mismatches {report['nonzero_mismatches']}")
+    print(f"validation of {args.plan.name} ({kind}, {precision}) on {report['texts']} texts vs ONNX Runtime FP32: "
+          f"max abs diff {report['max_abs_diff']:.3g}, top-50 recall {report['topk_recall']:.4f} "
+          f"(worst text {report['min_text_recall']:.3f})"
+          + (f", dense cosine >= {report['dense_cosine_min']:.5f}, ColBERT token cosine >= "
+             f"{report['colbert_cosine_min']:.5f}" if kind == "bge_m3" else ""))
     if args.json_out:
         args.json_out.write_text(json.dumps(report, indent=2) + "\n")
     if args.record and provenance:

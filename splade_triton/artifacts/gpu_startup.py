@@ -115,12 +115,8 @@ def _prepare(args) -> int:
         status = _tool("export.build_engine", *common, *build)
         if status != 0:
             return status
-        if args.validate_texts > 0 and pipeline.kind != "splade":
-            # export.validate_engine compares SPLADE vectors; a BGE-M3 engine
-            # has no validation yet (docs/gpu.md): said, not silently skipped.
-            print(f"splade-triton: no engine validation for kind '{pipeline.kind}' yet; serving the plan unvalidated",
-                  file=sys.stderr)
-        elif args.validate_texts > 0:
+        # Every kind through the one fidelity gate (SPLADE weights; BGE-M3 dense, lexical, ColBERT).
+        if args.validate_texts > 0:
             status = _tool("export.validate_engine", *common, "--plan", plan, "--texts", args.validate_texts, "--record")
             if status != 0:
                 # A plan that failed validation must not be picked up by the next start.
