@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm import tqdm
 
+from .bulk import MAX_WINDOWS, ON_ERROR, encode_records, request_batches
 from .core import (
     DEFAULT_URL,
     INPUT_TYPES,
@@ -211,7 +212,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         seen = output.done  # grows as records are sent: a repeated id is encoded once
         already = len(seen)
 
-        def records() -> Iterator[tuple[Any, bytes]]:
+        def records() -> Iterator[tuple[Any, str]]:
             nonlocal skipped
             for number, obj in read_jsonl(args.input):
                 where = f"{args.input}:{number}: "
@@ -222,29 +223,35 @@ def cmd_encode(args: argparse.Namespace) -> int:
                     skipped += 1
                     continue
                 seen.add(key)
-                yield obj[args.id_field], record_text(obj, text_fields, where).encode("utf-8")
+                yield obj[args.id_field], record_text(obj, text_fields, where)
 
-        chunks = batched(records(), args.batch_size, args.max_request_bytes, size=lambda record: len(record[1]))
+        chunks = request_batches(records(), lambda record: record[1], batch_size=args.batch_size,
+                                 max_request_bytes=args.max_request_bytes,
+                                 max_windows=args.max_windows if args.overflow == "chunk" else None)
         batches = ((tuple(i for i, _ in chunk), [t for _, t in chunk]) for chunk in chunks)
         written = 0
         start = time.perf_counter()
-        # The bar counts input records: encoded ones and skipped ones.
+        # The bar counts input records: encoded ones, skipped ones and refused ones.
         with _client(args) as client, _progress(args, total=total, unit="text", desc="encode") as bar:
+            refused = _Refusals(args.input)
             if isinstance(client, BgeM3Client):
                 if args.format == "tei":
                     raise CommandError("--format tei is for SPLADE pipelines; a BGE-M3 one writes native or m3")
-                results = client.encode_batches(batches, return_tokens=args.tokens, **_m3_asked(args))
+                options = dict(return_tokens=args.tokens, **_m3_asked(args))
                 line = embedding_line
             else:
-                results = client.encode_batches(batches, top_k=args.top_k, min_weight=args.min_weight,
-                                                return_tokens=args.tokens, **_sides(args))
+                options = dict(top_k=args.top_k, min_weight=args.min_weight, return_tokens=args.tokens, **_sides(args))
                 line = vector_line
+            # A corpus is documents unless --input-type says otherwise.
+            options["input_type"] = args.input_type or "document"
+            results = encode_records(client.encode_batches, batches, on_error=args.on_error, refused=refused,
+                                     name=refused.name, **options)
             try:
                 for ids, vectors in results:
                     output.write([line(i, v, args.format) for i, v in zip(ids, vectors)])
                     written += len(ids)
-                    bar.update(written + skipped - bar.n)
-                bar.update(written + skipped - bar.n)
+                    bar.update(written + skipped + refused.count - bar.n)
+                bar.update(written + skipped + refused.count - bar.n)
             except KeyboardInterrupt:
                 bar.close()
                 print(f"interrupted: {written} new vectors written to {args.output} "
@@ -253,8 +260,25 @@ def cmd_encode(args: argparse.Namespace) -> int:
         seconds = time.perf_counter() - start
     rate = written / seconds if seconds > 0 else 0.0
     print(f"encoded {written} texts in {seconds:.2f} s ({rate:.1f} texts/s) over {client.url}; "
-          f"{skipped} skipped (already in the output, or a repeated id); {already + written} vectors in {args.output}")
+          f"{skipped} skipped (already in the output, or a repeated id); {refused.count} refused by the server "
+          f"(each reported on stderr); {already + written} vectors in {args.output}")
     return 0
+
+
+class _Refusals:
+    """Reports each record the server refused (``--on-error skip``): one line on stderr, with its id."""
+
+    def __init__(self, source: str):
+        self.source, self.count = source, 0
+
+    @staticmethod
+    def name(record: Any) -> str:
+        # A record is its id (encode) or its (id, text) pair (index).
+        return f"record {(record[0] if isinstance(record, tuple) else record)!r}"
+
+    def __call__(self, record: Any, error: Exception) -> None:
+        self.count += 1
+        tqdm.write(f"{self.source}: {self.name(record)} skipped: {_one_line(error)}", file=sys.stderr)
 
 
 # --- search ------------------------------------------------------------------------
@@ -347,7 +371,8 @@ def _corpus_records(path: str, id_field: str, text_fields: Sequence[str]) -> tup
     return path, records()
 
 
-def _index(args: argparse.Namespace, client, engine, records: Iterator[tuple[str, str]], total: int) -> int:
+def _index(args: argparse.Namespace, client, engine, source: str, records: Iterator[tuple[str, str]],
+           total: int) -> int:
     from .retrieval import IndexReport, index_documents
 
     report = IndexReport()
@@ -356,7 +381,8 @@ def _index(args: argparse.Namespace, client, engine, records: Iterator[tuple[str
         try:
             index_documents(client, engine, records, kind=args.resolved_kind, batch_size=args.batch_size,
                             max_request_bytes=args.max_request_bytes, write_rows=args.write_batch,
-                            doc_top_k=args.doc_top_k, progress=bar.update, report=report)
+                            doc_top_k=args.doc_top_k, progress=bar.update, report=report,
+                            on_error=args.on_error, refused=_Refusals(source))
         except KeyboardInterrupt:
             bar.close()
             print(f"interrupted: {report.written} new documents written to collection {engine.collection!r} "
@@ -365,6 +391,7 @@ def _index(args: argparse.Namespace, client, engine, records: Iterator[tuple[str
     engine.flush()
     print(f"indexed {report.written} documents in {report.seconds:.2f} s ({report.rate:.1f} docs/s, encoding "
           f"and writing); {report.skipped} skipped (already in the collection, or a repeated id); "
+          f"{report.refused} refused by the server (each reported on stderr); "
           f"{already + report.written} documents in collection {engine.collection!r} at {engine.uri}",
           file=sys.stderr if args.command == "evaluate" else sys.stdout)
     return report.written
@@ -378,7 +405,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     path, records = _corpus_records(args.input, args.id_field, _text_fields(args.text_field))
     total = count_lines(path)
     with _engine(args, recreate=args.recreate) as engine, _client(args) as client:
-        _index(args, client, engine, records, total)
+        _index(args, client, engine, path, records, total)
     return 0
 
 
@@ -431,7 +458,8 @@ def _evaluate_engine(args: argparse.Namespace) -> int:
     collection = args.collection or re.sub(r"\W", "_", f"{args.model}_{name}")
     chosen = args.retriever or "hybrid"
     with _engine(args, collection, recreate=args.recreate) as engine, _client(args) as client:
-        _index(args, client, engine, iter(dataset.corpus.items()), len(dataset.corpus))
+        _index(args, client, engine, os.path.join(args.dataset, "corpus.jsonl"), iter(dataset.corpus.items()),
+               len(dataset.corpus))
         qids = list(dataset.queries)
         texts = [dataset.queries[q] for q in qids]
         # Every single retriever and the hybrid by each fusion: the comparison table.
@@ -594,6 +622,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a text past the length limit: truncate it, refuse it, or encode every window of it "
                             "and keep the max (SPLADE) (default: the server's, truncate)")
 
+    bulk = argparse.ArgumentParser(add_help=False)
+    group = bulk.add_argument_group("bulk encoding")
+    group.add_argument("--on-error", choices=ON_ERROR, default="skip",
+                       help="a record whose text the server refuses (over max_text_bytes, max_windows, ...): skip "
+                            "it, reported on stderr with its id, or stop there (default skip)")
+
     engine_opts = argparse.ArgumentParser(add_help=False)
     group = engine_opts.add_argument_group("search engine")
     group.add_argument("--engine", default=None,
@@ -634,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--show", type=_positive_int, default=20, help="terms shown in the human form (default 20)")
     embed.set_defaults(handler=cmd_embed)
 
-    encode = commands.add_parser("encode", parents=[common, progress, fields, m3], help="bulk-encode a JSONL corpus",
+    encode = commands.add_parser("encode", parents=[common, progress, fields, m3, bulk], help="bulk-encode a JSONL corpus",
                                  description="Encode every record of a JSON-lines corpus into a JSON-lines vectors "
                                              "file, one {\"id\": ..., <vector>} per line, in input order. Resumable: "
                                              "ids already in the output are skipped.")
@@ -646,9 +680,12 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--tokens", action="store_true", help="native: also write each term's token")
     encode.add_argument("--top-k", type=int, help="keep at most N terms per text")
     encode.add_argument("--min-weight", type=float, help="drop lighter terms")
+    encode.add_argument("--max-windows", type=_positive_int, default=MAX_WINDOWS,
+                        help=f"--overflow chunk: windows of one request at most, counted before sending (default "
+                             f"{MAX_WINDOWS}, the server's max_windows)")
     encode.set_defaults(handler=cmd_encode)
 
-    index = commands.add_parser("index", parents=[common, progress, fields, engine_opts],
+    index = commands.add_parser("index", parents=[common, progress, fields, engine_opts, bulk],
                                 help="bulk-encode a corpus into the search engine",
                                 description="Encode every record of a JSON-lines corpus (or a BEIR folder's "
                                             "corpus.jsonl: _id, title + text) and write id, text, sparse (and "
@@ -677,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="one JSON object per query")
     search.set_defaults(handler=cmd_search)
 
-    evaluate = commands.add_parser("evaluate", parents=[common, progress, engine_opts, retrieval],
+    evaluate = commands.add_parser("evaluate", parents=[common, progress, engine_opts, retrieval, bulk],
                                    help="retrieval quality on a BEIR folder",
                                    description="Encode a BEIR-format dataset (corpus.jsonl, queries.jsonl, "
                                                "qrels/SPLIT.tsv) and report nDCG@10, MRR@10 and Recall@100 "

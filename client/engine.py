@@ -39,7 +39,7 @@ import numpy as np
 from .errors import SpladeError
 from .formats import SparseVector
 
-__all__ = ["ANALYZER", "DEFAULT_ENGINE", "Engine", "EngineError", "Request"]
+__all__ = ["ANALYZER", "DEFAULT_ENGINE", "Engine", "EngineError", "Request", "rrf"]
 
 DEFAULT_ENGINE = "build/index/milvus.db"
 # The Triton tokenizer refuses texts over 65536 bytes; Milvus' VARCHAR holds at most 65535.
@@ -56,6 +56,7 @@ _PREFIX = "splade_triton."
 _connections = itertools.count()
 # milvus-lite starts the engine only for a file name of these characters, at most 36 of them.
 _LITE_NAME = re.compile(r"[A-Za-z0-9._-]{1,33}\.db")
+_LINE_BREAK = re.compile(r"[\n\r]")
 
 
 class EngineError(SpladeError):
@@ -81,8 +82,29 @@ def _clip(text: str, limit: int = MAX_TEXT_BYTES) -> str:
     return text if len(data) <= limit else data[:limit].decode("utf-8", "ignore")
 
 
+def _ids_filter(ids: Iterable[str]) -> str:
+    """``id in [...]``, each id a properly escaped string literal of Milvus' expression grammar.
+
+    Not pymilvus' ``ids=`` (it quotes ids unescaped: ``'``, ``"`` or ``\\`` in an id break the
+    expression) nor filter templating (``filter_params``: milvus-lite 2.5.1's engine does not parse
+    it). A line break cannot be written in the grammar at all: :meth:`Engine.write` refuses such ids.
+    """
+    literals = ('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in ids)
+    return f"id in [{', '.join(literals)}]"
+
+
 def _sparse(vector: SparseVector) -> dict[int, float]:
     return {int(i): float(v) for i, v in zip(vector.indices, vector.values)}
+
+
+def rrf(rankings: Sequence[Sequence[tuple[str, float]]], k: int = 60) -> list[tuple[str, float]]:
+    """Reciprocal rank fusion of best-first rankings: each id scores the sum of 1 / (k + rank) over
+    the rankings it is in (rank 1 the best), best first (ties: first seen first)."""
+    fused: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, (i, _) in enumerate(ranking, 1):
+            fused[i] = fused.get(i, 0.0) + 1.0 / (k + rank)
+    return sorted(fused.items(), key=lambda item: -item[1])
 
 
 @dataclass(frozen=True)
@@ -282,15 +304,18 @@ class Engine:
 
     def present(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` the collection already holds (what a resumed ``index`` skips)."""
+        ids = [i for i in ids if not _LINE_BREAK.search(i)]  # never written (see write)
         if not self.exists or not ids:
             return set()
-        found = self._call("query", self._client.query, self.collection, ids=list(ids), output_fields=["id"])
+        found = self._call("query", self._client.query, self.collection, filter=_ids_filter(ids),
+                           output_fields=["id"])
         return {row["id"] for row in found}
 
     def write(self, ids: Sequence[str], texts: Sequence[str], sparse: Sequence[SparseVector],
               dense: Sequence[np.ndarray] | None = None) -> None:
         """Upsert documents (an id written twice keeps one row). The first write creates the
-        collection; a dense size unlike the collection's is refused before anything is written."""
+        collection; a dense size unlike the collection's, or an id the engine cannot hold, is refused
+        before anything is written."""
         dim = 0 if dense is None else int(np.asarray(dense[0]).size)
         if self.kind == "bge_m3" and dense is None:
             raise EngineError("a BGE-M3 collection needs each document's dense vector")
@@ -300,15 +325,24 @@ class Engine:
             raise EngineError(f"collection {self.collection!r} at {self.uri} holds dense vectors of size "
                               f"{self.dense_dim}; this pipeline gives {dim}: another model under the same name? "
                               "choose another --collection, or --recreate it")
-        rows = []
+        rows = {}  # by id: the last of a repeated id wins
         for n, (i, text, vector) in enumerate(zip(ids, texts, sparse)):
             if len(i.encode("utf-8")) > MAX_ID_BYTES:
                 raise EngineError(f"id {i[:40]!r}... is over {MAX_ID_BYTES} bytes, the engine's limit")
+            if _LINE_BREAK.search(i):
+                raise EngineError(f"id {i!r} holds a line break, which the engine's filter expressions cannot "
+                                  "express")
             row = {"id": i, "text": _clip(text), "sparse": _sparse(vector)}
             if dim:
                 row["dense"] = np.asarray(dense[n], dtype=np.float32).tolist()
-            rows.append(row)
-        self._call("upsert", self._client.upsert, self.collection, rows)
+            rows[i] = row
+        # Insert what is new: Milvus Lite's upsert (and delete) fails on an id holding a quote.
+        present = self.present(list(rows))
+        new = [row for i, row in rows.items() if i not in present]
+        if new:
+            self._call("insert", self._client.insert, self.collection, new)
+        if present:
+            self._call("upsert", self._client.upsert, self.collection, [rows[i] for i in present])
 
     def flush(self) -> None:
         if self.exists:
@@ -326,11 +360,13 @@ class Engine:
                candidates: int | None = None) -> list[list[tuple[str, float]]]:
         """Per query, the ``limit`` best ``(id, score)`` pairs, best first.
 
-        One request: that retriever's own scores. Several: fused inside the engine by
-        ``hybrid_search`` with ``RRFRanker(rrf_k)`` (sum of 1 / (rrf_k + rank)), each retriever
-        contributing its ``candidates`` best (default ``limit``). Weighted fusion is the
-        client's (:mod:`client.retrieval`): Milvus Lite's ``WeightedRanker`` always normalises
-        and normalises BM25 as if it were a distance.
+        One request: that retriever's own scores. Several: one engine search each (its
+        ``candidates`` best, default ``limit``), fused by reciprocal rank fusion (Milvus'
+        ``RRFRanker(rrf_k)``: sum of 1 / (rrf_k + rank)) here, not by the engine's
+        ``hybrid_search``: Milvus Lite's re-queries its hits by an unescaped id filter, which an id
+        holding a quote breaks (or crashes the engine). Weighted fusion is the client's too
+        (:mod:`client.retrieval`): Milvus Lite's ``WeightedRanker`` always normalises and
+        normalises BM25 as if it were a distance.
         """
         if not self.exists:
             raise EngineError(f"collection {self.collection!r} at {self.uri} does not exist: "
@@ -339,27 +375,26 @@ class Engine:
             return []
         if any(r.field == "dense" for r in requests) and not self.dense_dim:
             raise EngineError(f"collection {self.collection!r} holds no dense vectors (a SPLADE pipeline's)")
-        from pymilvus import AnnSearchRequest, RRFRanker
-
         nq = len(requests[0].data)
         if len(requests) == 1:
-            r = requests[0]
-            found = self._call("search", self._client.search, self.collection, data=r.data, anns_field=r.field,
-                               limit=limit, search_params={"metric_type": METRICS[r.field]}, output_fields=["id"])
-        else:
-            reqs = [AnnSearchRequest(data=r.data, anns_field=r.field, param={"metric_type": METRICS[r.field]},
-                                     limit=max(limit, candidates or 0)) for r in requests]
-            found = self._call("hybrid_search", self._client.hybrid_search, self.collection, reqs,
-                               RRFRanker(rrf_k), limit=limit, output_fields=["id"])
+            return self._search(requests[0], limit, nq)
+        lists = [self._search(r, max(limit, candidates or 0), nq) for r in requests]
+        return [rrf([found[q] for found in lists], rrf_k)[:limit] for q in range(nq)]
+
+    def _search(self, request: Request, limit: int, nq: int) -> list[list[tuple[str, float]]]:
+        found = self._call("search", self._client.search, self.collection, data=request.data,
+                           anns_field=request.field, limit=limit,
+                           search_params={"metric_type": METRICS[request.field]}, output_fields=["id"])
         out = [[(hit["id"], float(hit["distance"])) for hit in row] for row in found]
         return out + [[] for _ in range(nq - len(out))]
 
     def texts(self, ids: Iterable[str]) -> dict[str, str]:
         """The stored text of each id (ColBERT re-scoring re-encodes its candidates from them)."""
-        ids = list(dict.fromkeys(ids))
+        ids = [i for i in dict.fromkeys(ids) if not _LINE_BREAK.search(i)]  # never written (see write)
         if not ids:
             return {}
-        rows = self._call("get", self._client.get, self.collection, ids=ids, output_fields=["text"])
+        rows = self._call("query", self._client.query, self.collection, filter=_ids_filter(ids),
+                          output_fields=["id", "text"])
         return {row["id"]: row["text"] for row in rows}
 
     def size_on_disk(self) -> int | None:

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from .bulk import encode_records, request_batches
 from .core import BgeM3Client, SpladeClient, batched
 from .engine import Engine, Request
 from .m3 import colbert_scores
@@ -262,6 +263,7 @@ class IndexReport:
 
     written: int = 0
     skipped: int = 0  # already in the collection, or a repeated id
+    refused: int = 0  # texts the server refused (on_error "skip")
     seconds: float = 0.0
 
     @property
@@ -272,7 +274,8 @@ class IndexReport:
 def index_documents(client: SpladeClient | BgeM3Client, engine: Engine, records: Iterable[tuple[str, str]], *,
                     kind: str, batch_size: int = 64, max_request_bytes: int = 1_048_576, write_rows: int = 1024,
                     doc_top_k: int | None = None, progress: Callable[[int], None] | None = None,
-                    report: IndexReport | None = None) -> IndexReport:
+                    report: IndexReport | None = None, on_error: str = "skip",
+                    refused: Callable[[tuple[str, str], Exception], None] | None = None) -> IndexReport:
     """Encode ``(id, text)`` records and write them into ``engine``'s collection, resumably.
 
     Ids the collection already holds are skipped before anything is encoded (one engine query
@@ -280,6 +283,8 @@ def index_documents(client: SpladeClient | BgeM3Client, engine: Engine, records:
     documents at a time, so an interrupted run leaves whole documents, and the same call again
     adds exactly the missing ones. ``progress(n)`` is called with each record read;
     ``report`` (updated as it goes) tells a caller interrupted by Ctrl-C what was written.
+    A record whose text the server refuses goes to ``refused(record, error)`` and is left out,
+    or ends the run (``on_error="stop"``; :func:`client.bulk.encode_records`).
     """
     report = report or IndexReport()
     start = time.perf_counter()
@@ -297,13 +302,18 @@ def index_documents(client: SpladeClient | BgeM3Client, engine: Engine, records:
                 seen.add(i)
                 yield i, text
 
-    chunks = batched(fresh(), batch_size, max_request_bytes, size=lambda r: len(r[1].encode("utf-8")))
+    def refuse(record: tuple[str, str], error: Exception) -> None:
+        report.refused += 1
+        if progress:
+            progress(1)
+        if refused is not None:
+            refused(record, error)
+
+    chunks = request_batches(fresh(), lambda r: r[1], batch_size=batch_size, max_request_bytes=max_request_bytes)
     batches = ((chunk, [t for _, t in chunk]) for chunk in chunks)
-    if kind == "bge_m3":
-        results = client.encode_batches(batches, return_dense=True, return_sparse=True, input_type="document",
-                                        top_k=doc_top_k)
-    else:
-        results = client.encode_batches(batches, top_k=doc_top_k, input_type="document")
+    options = dict(return_dense=True, return_sparse=True) if kind == "bge_m3" else {}
+    results = encode_records(client.encode_batches, batches, on_error=on_error, refused=refuse,
+                             name=lambda r: f"record {r[0]!r}", top_k=doc_top_k, input_type="document", **options)
     pending: list[tuple[tuple[str, str], Any]] = []
 
     def flush() -> None:

@@ -18,7 +18,7 @@ from client import SpladeClient
 from client.cli import main
 from client.corpus import load_beir
 from client.evaluate import measure_run
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, assemble_variant, free_port, running
 
 BEIR = Path(__file__).parent / "fixtures" / "beir_tiny"
 
@@ -283,3 +283,106 @@ def test_errors_are_one_readable_line(server, case):
 def test_usage_errors_exit_2():
     result = cli_process("embed")
     assert result.returncode == 2 and "usage:" in result.stderr
+
+
+# --- bulk encoding: records the server refuses, windows per request --------------------------
+
+
+def refused_corpus(path: Path) -> list[dict]:
+    # "big" is over the server's max_text_bytes (65536) in truncate mode: refused, alone or with others.
+    records = [{"id": "a", "text": "paris is the capital of france"}, {"id": "big", "text": "word " * 14000},
+               {"id": "c", "text": "rome is in italy"}, {"id": "d", "text": "the tallest mountain"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def test_encode_skips_a_refused_record_and_writes_every_other_once(capsys, tmp_path, grpc_url):
+    corpus, out = tmp_path / "corpus.jsonl", tmp_path / "vectors.jsonl"
+    records = refused_corpus(corpus)
+    code, stdout, err = cli(capsys, "encode", "--url", grpc_url, "--input", str(corpus), "--output", str(out),
+                            "--progress", "off")
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{corpus}: record 'big' skipped: "), err
+    assert "70000 bytes; the limit is 65536 bytes (max_text_bytes)" in lines[0]
+    assert "encoded 3 texts" in stdout and "1 refused by the server" in stdout
+    assert output_ids(out) == ["a", "c", "d"]
+    with SpladeClient(grpc_url) as c:
+        expected = c.encode_corpus([r["text"] for r in records if r["id"] != "big"])
+    assert [{k: v for k, v in json.loads(line).items() if k != "id"} for line in out.read_text().splitlines()] == [
+        v.to_native() for v in expected]
+
+
+def test_encode_on_error_stop_ends_at_the_refused_record(capsys, tmp_path, grpc_url):
+    corpus, out = tmp_path / "corpus.jsonl", tmp_path / "vectors.jsonl"
+    refused_corpus(corpus)
+    code, _, err = cli(capsys, "encode", "--url", grpc_url, "--input", str(corpus), "--output", str(out),
+                       "--on-error", "stop", "--progress", "off")
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: record 'big' was refused by the server: "), err
+    assert output_ids(out) == ["a"]  # every record before it, nothing after
+
+
+def test_a_refused_setting_is_not_blamed_on_each_record(capsys, tmp_path, grpc_url):
+    corpus, out = tmp_path / "corpus.jsonl", tmp_path / "vectors.jsonl"
+    refused_corpus(corpus)
+    code, _, err = cli(capsys, "encode", "--url", grpc_url, "--input", str(corpus), "--output", str(out),
+                       "--top-k", "-3", "--progress", "off")
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: in ensemble 'splade', top_k must be an integer"), err
+    assert output_ids(out) == []
+
+
+def failures(server, model: str = "splade") -> float:
+    """Triton's count of the model's failed requests."""
+    total = 0.0
+    for line in server.metrics().splitlines():
+        if line.startswith("nv_inference_request_failure{") and f'model="{model}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture(scope="module")
+def few_windows_server(tmp_path_factory):
+    """The default pipeline with max_windows 16 (instead of 512): a request of a few long texts is over it."""
+    repository = assemble_variant(tmp_path_factory.mktemp("few_windows"),
+                                  tokenizer={"parameters": {"max_windows": 16}})
+    with running(repository, tmp_path_factory.mktemp("few_windows_triton") / "server.log") as srv:
+        yield srv
+
+
+def test_chunked_encode_batches_within_max_windows(capsys, tmp_path, few_windows_server):
+    """10 texts of 2 windows each: as one request (10 texts, 12 KB: within the count and bytes limits)
+    they would make 20 windows, over the server's max_windows (16); counted before sending, no request
+    is refused."""
+    server = few_windows_server
+    url = f"grpc://{server.grpc_url}"
+    corpus, out = tmp_path / "corpus.jsonl", tmp_path / "vectors.jsonl"
+    texts = [f"topic{i} " + "x " * 600 for i in range(10)]
+    corpus.write_text("".join(json.dumps({"id": f"doc-{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    before = failures(server)
+    code, stdout, err = cli(capsys, "encode", "--url", url, "--input", str(corpus), "--output", str(out),
+                            "--overflow", "chunk", "--max-windows", "16", "--progress", "off")
+    assert code == 0, err
+    assert not err and "encoded 10 texts" in stdout and "0 refused" in stdout
+    assert output_ids(out) == [f"doc-{i}" for i in range(10)]
+    assert failures(server) == before  # no request was refused and split
+    with SpladeClient(url) as c:
+        alone = c.encode_corpus(texts[-1], overflow="chunk")
+    last = json.loads(out.read_text().splitlines()[-1])
+    assert last["indices"] == alone.to_native()["indices"]
+    np.testing.assert_allclose(last["values"], alone.values, atol=1e-4)
+
+
+def test_default_requests_stay_within_the_default_max_windows():
+    """64 texts of 9 windows: under the count (64) and bytes (1 MiB) limits, yet 576 windows together."""
+    from client.bulk import MAX_WINDOWS, request_batches, windows_bound
+    from client.core import MAX_BATCH_SIZE, MAX_REQUEST_BYTES
+
+    texts = ["x " * 4100] * 64
+    assert windows_bound(texts[0]) == 9 and sum(len(t.encode()) for t in texts) < MAX_REQUEST_BYTES
+    requests = list(request_batches(texts, str, batch_size=MAX_BATCH_SIZE, max_request_bytes=MAX_REQUEST_BYTES,
+                                    max_windows=MAX_WINDOWS))
+    assert [len(r) for r in requests] == [56, 8]  # 56 x 9 = 504 windows

@@ -359,3 +359,60 @@ def test_bge_m3_retrievers_in_the_engine(capsys, tmp_path, bge_m3_server):
     assert report["retriever"] == "colbert" and list(report["table"]) == [
         "bm25", "sparse", "dense", "colbert", "hybrid sparse+dense+colbert (rrf)",
         "hybrid sparse+dense+colbert (weighted none sparse=0.2,dense=0.4,colbert=0.4)"]
+
+
+# Ids as real corpora have them (BEIR dbpedia-entity: <dbpedia:Schindler's_List>): quotes and backslashes.
+AWKWARD_IDS = ["<dbpedia:Schindler's_List>", 'say "hi"', "back\\slash", "end\\", "mix'\"\\", "\\'", "plain"]
+
+
+def test_ids_with_quotes_and_backslashes_index_search_and_rescore(capsys, tmp_path, bge_m3_server):
+    url = f"grpc://{bge_m3_server.grpc_url}"
+    texts = list(load_beir(BEIR).corpus.values())[:len(AWKWARD_IDS)]
+    corpus, engine = tmp_path / "corpus.jsonl", tmp_path / "milvus.db"
+    corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in zip(AWKWARD_IDS, texts)))
+    index = ("index", "--url", url, "--model", "bge_m3", "--engine", str(engine), "--input", str(corpus))
+    code, out, err = cli(capsys, *index)
+    assert code == 0, err
+    assert out.startswith(f"indexed {len(AWKWARD_IDS)} documents")
+    code, out, err = cli(capsys, *index)  # resumed: every id found in the collection
+    assert code == 0 and out.startswith("indexed 0 documents") and f"{len(AWKWARD_IDS)} skipped" in out, err
+    with BgeM3Client(url) as m3:
+        docs = m3.encode_corpus(texts, return_colbert_vecs=True)
+        queries = m3.encode_queries(QUERIES, return_colbert_vecs=True)
+    args = ("--model", "bge_m3", "--candidates", "40")
+    for retriever in ("sparse", "dense", "colbert"):
+        answers = search(capsys, url, engine, *args, "--retriever", retriever)
+        assert all({h["id"] for h in a["hits"]} <= set(AWKWARD_IDS) and a["hits"] for a in answers), retriever
+    # ColBERT re-scoring fetched every candidate's text by its id, and scored it.
+    for q, answer in zip(queries, answers):
+        assert {h["id"] for h in answer["hits"]} == set(AWKWARD_IDS)
+        late = dict(zip(AWKWARD_IDS, colbert_scores(q.colbert, [d.colbert for d in docs])))
+        assert [h["score"] for h in answer["hits"]] == pytest.approx([late[h["id"]] for h in answer["hits"]],
+                                                                      abs=1e-5)
+    with Engine(str(engine), "bge_m3", pipeline="bge_m3", kind="bge_m3") as e:
+        assert e.count() == len(AWKWARD_IDS) and e.present(AWKWARD_IDS + ["absent"]) == set(AWKWARD_IDS)
+        assert e.texts(AWKWARD_IDS) == dict(zip(AWKWARD_IDS, texts))
+        # Written again: replaced, not doubled.
+        e.write(AWKWARD_IDS[-1:], ["replaced"], [docs[0].sparse], [docs[0].dense])
+        assert e.count() == len(AWKWARD_IDS) and e.texts(AWKWARD_IDS[-1:]) == {AWKWARD_IDS[-1]: "replaced"}
+        with pytest.raises(EngineError, match="holds a line break"):
+            e.write(["two\nlines"], ["a text"], [docs[0].sparse], [docs[0].dense])
+
+
+def test_index_skips_a_refused_record(capsys, tmp_path, server):
+    url, engine = f"grpc://{server.grpc_url}", tmp_path / "milvus.db"
+    corpus = tmp_path / "corpus.jsonl"
+    records = [("a", "paris is the capital of france"), ("big", "word " * 14000), ("c", "rome is in italy")]
+    corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in records))
+    code, out, err = cli(capsys, "index", "--url", url, "--engine", str(engine), "--input", str(corpus),
+                         "--progress", "off")
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{corpus}: record 'big' skipped: "), err
+    assert out.startswith("indexed 2 documents") and "1 refused by the server" in out
+    with Engine(str(engine), "splade", pipeline="splade", kind="splade") as e:
+        assert e.count() == 2 and e.present(["a", "big", "c"]) == {"a", "c"}
+    code, _, err = cli(capsys, "index", "--url", url, "--engine", str(engine), "--input", str(corpus),
+                       "--on-error", "stop", "--progress", "off")
+    assert code == 1 and err.strip().splitlines() == [
+        "error: record 'big' was refused by the server: " + lines[0].split(" skipped: ", 1)[1]]
