@@ -199,7 +199,8 @@ def score_pairs(queries: Sequence[M3Embedding], passages: Sequence[M3Embedding],
 
     Keys ``dense``, ``sparse``, ``colbert``, ``sparse+dense`` (weighted by the first two weights)
     and ``colbert+sparse+dense`` (weighted by all three), each a list of one score per pair; a
-    score needing a representation the embeddings lack is left out. Weights: [dense, sparse,
+    score needing a representation the embeddings lack is left out, and so is ``sparse+dense``
+    when dense and sparse both weigh 0 (FlagEmbedding answers NaN). Weights: [dense, sparse,
     colbert], default [1, 1, 1] as in FlagEmbedding.
     """
     if len(queries) != len(passages):
@@ -215,7 +216,8 @@ def score_pairs(queries: Sequence[M3Embedding], passages: Sequence[M3Embedding],
     if pairs and all(q.dense is not None and p.dense is not None for q, p in pairs):
         out["dense"] = [dense_score(q.dense, p.dense) for q, p in pairs]
     if "sparse" in out and "dense" in out:
-        out["sparse+dense"] = [(s * w[1] + d * w[0]) / (w[1] + w[0]) for s, d in zip(out["sparse"], out["dense"])]
+        if w[0] + w[1] > 0:  # both weighted 0 (colbert alone): nothing to divide by (FlagEmbedding: NaN)
+            out["sparse+dense"] = [(s * w[1] + d * w[0]) / (w[1] + w[0]) for s, d in zip(out["sparse"], out["dense"])]
         if "colbert" in out:
             out["colbert+sparse+dense"] = [(c * w[2] + s * w[1] + d * w[0]) / sum(w)
                                            for c, s, d in zip(out["colbert"], out["sparse"], out["dense"])]

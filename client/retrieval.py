@@ -150,6 +150,9 @@ class Retriever:
         self.normalize = normalize or DEFAULT_NORMALIZATION[kind]
         if retriever == "hybrid":
             self.weights = {n: w for n, w in parse_weights(weights, kind).items() if w > 0}
+            if not set(self.weights) & set(ENGINE_PARTS):
+                raise ValueError("--weights: colbert re-scores the candidates of bm25, sparse or dense: give one of "
+                                 "them a weight above 0 too (or --retriever colbert)")
         elif retriever == "colbert":  # ColBERT re-ranks what the engine's sparse + dense RRF finds
             self.weights = {"sparse": 1.0, "dense": 1.0, "colbert": 1.0}
         else:

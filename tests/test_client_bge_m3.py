@@ -150,6 +150,21 @@ def test_score_pairs_equals_flagembedding_compute_score(corpus, weights):
     assert set(single) == set(theirs) and all(isinstance(v, float) for v in single.values())
 
 
+def test_score_pairs_with_dense_and_sparse_weighted_0(corpus):
+    """Weights (0, 0, 1): ``sparse+dense`` has no weight to divide by. FlagEmbedding answers NaN for it;
+    it is left out here, and ``colbert+sparse+dense`` is the ColBERT score."""
+    queries, passages = corpus
+    texts = {f"q{i}": q for i, q in enumerate(queries)} | {f"p{i}": p for i, p in enumerate(passages)}
+    pairs = [(f"q{i}", f"p{i}") for i in range(len(queries))]
+    theirs = flagembedding_compute_score(texts, pairs, [0.0, 0.0, 1.0])
+    ours = score_pairs([embedding(texts[q]) for q, _ in pairs], [embedding(texts[p]) for _, p in pairs], (0, 0, 1))
+    assert np.isnan(theirs.pop("sparse+dense")).all()
+    assert set(ours) == set(theirs)
+    for key in theirs:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=0, atol=1e-5, err_msg=key)
+    np.testing.assert_allclose(ours["colbert+sparse+dense"], ours["colbert"], rtol=0, atol=1e-12)
+
+
 def test_hybrid_scores_matrix_is_score_pairs_per_cell(corpus):
     queries, passages = corpus
     qs, ps = [embedding(q) for q in queries], [embedding(p) for p in passages]
@@ -340,6 +355,14 @@ def test_served_compute_score_equals_bgem3flagmodel(m3_url, flag_m3):
             assert set(ours) == set(theirs)
             for key in theirs:
                 np.testing.assert_allclose(ours[key], theirs[key], rtol=0, atol=1e-5, err_msg=key)
+
+
+def test_served_compute_score_with_colbert_alone(bge_m3_server):
+    pairs = [(SERVED_TEXTS[0], SERVED_TEXTS[1]), (SERVED_TEXTS[2], SERVED_TEXTS[3])]
+    with BgeM3Client(f"grpc://{bge_m3_server.grpc_url}") as m3:
+        scores = m3.compute_score(pairs, weights_for_different_modes=[0, 0, 1])
+    assert "sparse+dense" not in scores
+    np.testing.assert_allclose(scores["colbert+sparse+dense"], scores["colbert"], rtol=0, atol=1e-12)
 
 
 def test_served_requests_only_what_is_needed(bge_m3_server, monkeypatch):

@@ -416,3 +416,19 @@ def test_index_skips_a_refused_record(capsys, tmp_path, server):
                        "--on-error", "stop", "--progress", "off")
     assert code == 1 and err.strip().splitlines() == [
         "error: record 'big' was refused by the server: " + lines[0].split(" skipped: ", 1)[1]]
+
+
+def test_colbert_alone_in_a_hybrid_is_one_line(capsys, tmp_path, bge_m3_server):
+    """ColBERT re-scores the candidates the engine's retrievers find: weighted alone it has none."""
+    url, engine = f"grpc://{bge_m3_server.grpc_url}", tmp_path / "milvus.db"
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n"
+                              for i, t in enumerate(list(load_beir(BEIR).corpus.values())[:3])))
+    assert cli(capsys, "index", "--url", url, "--model", "bge_m3", "--engine", str(engine), "--input", str(corpus))[0] == 0
+    for fusion in ("rrf", "weighted"):
+        code, out, err = cli(capsys, "search", "--url", url, "--model", "bge_m3", "--engine", str(engine),
+                             "--retriever", "hybrid", "--fusion", fusion, "--weights", "colbert=1", "a query")
+        assert code == 1 and not out, (fusion, out)
+        assert err.strip().splitlines() == [
+            "error: --weights: colbert re-scores the candidates of bm25, sparse or dense: give one of them a "
+            "weight above 0 too (or --retriever colbert)"], fusion
