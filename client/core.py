@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ipaddress
 import itertools
 import logging
 import numbers
 import random
+import re
 import threading
 import time
 import weakref
@@ -84,18 +86,24 @@ class Endpoint:
     address: str
 
     def __str__(self) -> str:
-        return self.address if self.address.startswith(DNS_SCHEME) else f"{self.protocol}://{self.address}"
+        return self.address if self.address.startswith(GRPC_TARGETS) else f"{self.protocol}://{self.address}"
 
 
 # gRPC's own resolver: every address of a DNS name, requests spread over them
 # (round_robin), the name resolved again when a connection fails. For a
 # Kubernetes headless Service, whose name resolves to every ready pod.
 DNS_SCHEME = "dns:///"
+# gRPC's static lists (ipv4:host:port,host:port): the same round_robin over given addresses.
+ADDRESS_LISTS = ("ipv4:", "ipv6:")
+GRPC_TARGETS = (DNS_SCHEME, *ADDRESS_LISTS)
+# In a comma-separated --url, an address list runs to the end (its own commas are its addresses).
+_ADDRESS_LIST_TAIL = re.compile(r"(?:^|,)\s*(ipv[46]:.*)$", re.IGNORECASE | re.DOTALL)
 
 
 def parse_url(url: str, protocol: str | None = None) -> Endpoint:
     """``grpc://host:port``, ``http://host:port``, ``dns:///host[:port]`` (gRPC, every address of
-    the name, round-robin per request), or ``host[:port]`` with ``protocol`` (default gRPC).
+    the name, round-robin per request), ``ipv4:host:port,host:port`` / ``ipv6:[addr]:port,...``
+    (gRPC, the same over the addresses listed), or ``host[:port]`` with ``protocol`` (default gRPC).
 
     A missing port is the protocol's default (HTTP 8000, gRPC 8001).
     """
@@ -106,6 +114,26 @@ def parse_url(url: str, protocol: str | None = None) -> Endpoint:
         if protocol == "http":
             raise ValueError(f"URL {url!r} is a gRPC name (dns:///); HTTP was asked for")
         return Endpoint("grpc", DNS_SCHEME + parse_url(text[len(DNS_SCHEME):], "grpc").address)
+    scheme = next((s for s in ADDRESS_LISTS if text.lower().startswith(s)), None)
+    if scheme is not None:
+        if protocol == "http":
+            raise ValueError(f"URL {url!r} is a gRPC address list ({scheme}); HTTP was asked for")
+        addresses = [parse_url(a, "grpc").address for a in text[len(scheme):].split(",") if a.strip()]
+        for address in addresses:  # gRPC takes IP literals only, IPv6 ones in brackets
+            host = address.rpartition(":")[0]
+            try:
+                if scheme == "ipv4:":
+                    ipaddress.IPv4Address(host)
+                elif host.startswith("[") and host.endswith("]"):
+                    ipaddress.IPv6Address(host[1:-1])
+                else:
+                    raise ValueError
+            except ValueError:
+                example = "127.0.0.1:8001" if scheme == "ipv4:" else "[::1]:8001"
+                raise ValueError(f"{scheme} lists addresses such as {example}; got {host!r} in {url!r}") from None
+        if not addresses:
+            raise ValueError(f"an address list is {scheme}address:port[,address:port...]; got {url!r}")
+        return Endpoint("grpc", scheme + ",".join(addresses))
     if "://" in text:
         scheme, text = text.split("://", 1)
         scheme = scheme.lower()
@@ -128,12 +156,18 @@ def parse_url(url: str, protocol: str | None = None) -> Endpoint:
 
 def parse_urls(urls: str | Sequence[str], protocol: str | None = None) -> list[Endpoint]:
     """One or more servers (replicas of one service): a URL, a comma-separated list, or a
-    sequence of either; each as :func:`parse_url`. Repeated ones are kept once."""
+    sequence of either; each as :func:`parse_url` (a gRPC address list, ``ipv4:...``, last in
+    its string). Repeated ones are kept once."""
     parts = [urls] if isinstance(urls, str) else list(urls)
-    endpoints = [parse_url(u, protocol) for part in parts for u in part.split(",") if u.strip()]
+    endpoints = [parse_url(u, protocol) for part in parts for u in _split_urls(part) if u.strip()]
     if not endpoints:
         raise ValueError("no server URL given")
     return list(dict.fromkeys(endpoints))
+
+
+def _split_urls(text: str) -> list[str]:
+    tail = _ADDRESS_LIST_TAIL.search(text)
+    return text.split(",") if tail is None else [*text[:tail.start()].split(","), tail.group(1)]
 
 
 @dataclass(frozen=True)
@@ -205,6 +239,12 @@ def _rows_to_vectors(indices: np.ndarray, values: np.ndarray, tokens: np.ndarray
     return vectors
 
 
+def _retrieve(task: asyncio.Task) -> None:
+    # A task abandoned (after an earlier failure, or given up) must not log "exception never retrieved".
+    if not task.cancelled():
+        task.exception()
+
+
 class _Transport:
     """One tritonclient asyncio client, and what its errors mean."""
 
@@ -230,8 +270,8 @@ class _Transport:
                 ("grpc.initial_reconnect_backoff_ms", 250),
                 ("grpc.min_reconnect_backoff_ms", 250),
                 ("grpc.max_reconnect_backoff_ms", 2000),
-                # Over a DNS name's addresses, per request (the default, pick_first, uses one).
-                *([("grpc.lb_policy_name", "round_robin")] if endpoint.address.startswith(DNS_SCHEME) else []),
+                # Over a name's or a list's addresses, per request (the default, pick_first, uses one).
+                *([("grpc.lb_policy_name", "round_robin")] if endpoint.address.startswith(GRPC_TARGETS) else []),
             ])
         else:
             import tritonclient.http.aio as module
@@ -333,7 +373,11 @@ class _AsyncClient:
     servers, a failed request first goes at once to each other server not yet
     tried (also after NOT_FOUND or a server error, which can be one replica's
     own: stopping, or a dead stub), and a server that failed is left out for a
-    while (the same backoff); only then does a retry wait.
+    while (the same backoff); only then does a retry wait. A server that lets a
+    request's ``timeout`` pass (hung: it accepts connections and never answers)
+    is such a failure too (requests are idempotent): the other requests waiting
+    on it give up at once and go elsewhere, and it gets no request until it
+    answers a probe (one text, in the background, once per backoff).
     """
 
     DEFAULT_MODEL = "splade"
@@ -349,7 +393,7 @@ class _AsyncClient:
             raise ValueError(f"max_request_bytes must be >= 1 or None, got {max_request_bytes}")
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-        if timeout <= 0:
+        if not timeout > 0:
             raise ValueError(f"timeout must be > 0, got {timeout}")
         if retries < 0 or backoff < 0 or max_backoff < 0:
             raise ValueError("retries, backoff and max_backoff must be >= 0")
@@ -367,6 +411,8 @@ class _AsyncClient:
         self._transports: dict[Endpoint, _Transport] = {}
         self._turn = itertools.count()
         self._down: dict[Endpoint, tuple[float, int]] = {}  # left out until, failures in a row
+        self._hung: dict[Endpoint, asyncio.Task] = {}  # let a deadline pass: its probe, until it answers
+        self._alarms: dict[Endpoint, asyncio.Future] = {}  # set when the server is found hung
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r}, model={self.model!r})"
@@ -383,6 +429,10 @@ class _AsyncClient:
 
     async def close(self) -> None:
         """Close the connection (the client can be used again: it reconnects)."""
+        probes, self._hung, self._alarms = self._hung, {}, {}
+        for probe in probes.values():
+            probe.cancel()
+        await asyncio.gather(*probes.values(), return_exceptions=True)
         transports, self._transports = self._transports, {}
         for transport in transports.values():
             await transport.close()
@@ -394,11 +444,15 @@ class _AsyncClient:
             self._transports[endpoint] = _Transport(endpoint, self.timeout, self.max_in_flight, self.headers)
         return self._transports[endpoint]
 
+    def _untried(self, tried: set[Endpoint]) -> list[Endpoint]:
+        # A hung server waits for its probe, not for requests.
+        return [e for e in self.endpoints if e not in tried and e not in self._hung]
+
     def _pick(self, tried: set[Endpoint]) -> Endpoint:
-        """The next server, round-robin, among those not ``tried`` for this request and not
-        left out after a failure; if every one is, the one left out the shortest."""
+        """The next server, round-robin, among those not ``tried`` for this request, not hung and
+        not left out after a failure; if every one is, the one left out the shortest."""
         now = time.monotonic()
-        fresh = [e for e in self.endpoints if e not in tried] or self.endpoints
+        fresh = self._untried(tried) or self.endpoints
         up = [e for e in fresh if self._down.get(e, (0.0, 0))[0] <= now]
         choices = up or [min(fresh, key=lambda e: self._down[e][0])]
         return choices[next(self._turn) % len(choices)]
@@ -406,6 +460,54 @@ class _AsyncClient:
     def _failed(self, endpoint: Endpoint) -> None:
         failures = min(self._down.get(endpoint, (0.0, 0))[1] + 1, 30)  # 2**failures stays a float
         self._down[endpoint] = (time.monotonic() + min(self.max_backoff, self.backoff * 2**failures), failures)
+
+    def _hang(self, endpoint: Endpoint) -> None:
+        """``endpoint`` let a deadline pass: the requests waiting on it give up now, and it is left
+        out until a probe answers."""
+        if endpoint in self._hung:  # already found (by the request that gave these up): probed
+            return
+        alarm = self._alarms.pop(endpoint, None)
+        if alarm is not None:
+            alarm.set_result(None)
+        self._failed(endpoint)
+        self._hung[endpoint] = asyncio.ensure_future(self._probe(endpoint))
+        log.warning("%s is left out until it answers a probe", endpoint)
+
+    async def _probe(self, endpoint: Endpoint) -> None:
+        # A real inference: a wedged model can still say live and ready.
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, self._down.get(endpoint, (0.0, 0))[0] - time.monotonic()))
+                try:
+                    await asyncio.wait_for(self._probe_request(self._client(endpoint)), self.timeout)
+                    break
+                except Exception:  # noqa: BLE001 - whatever it was, not answered: still out
+                    self._failed(endpoint)
+        finally:
+            self._hung.pop(endpoint, None)
+        self._down.pop(endpoint, None)
+        log.info("%s answered a probe: back in the rotation", endpoint)
+
+    def _probe_request(self, transport: _Transport) -> Awaitable[dict[str, np.ndarray]]:
+        """One real one-text inference: whether a server answers."""
+        return transport.infer(self.model, ["health check"], ("indices",), {"top_k": 1})
+
+    async def _within_deadline(self, endpoint: Endpoint, request: Awaitable[T]) -> T:
+        """``request`` within the timeout, or given up as soon as another request finds ``endpoint`` hung."""
+        task = asyncio.ensure_future(request)
+        task.add_done_callback(_retrieve)
+        alarm = self._alarms.get(endpoint)
+        if alarm is None:
+            alarm = self._alarms[endpoint] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait((task, alarm), timeout=self.timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            task.cancel()  # nothing once it is done
+        if task.done():
+            return task.result()
+        if alarm.done():
+            raise RequestTimeoutError(f"gave up on {endpoint}: another request found it hung", url=str(endpoint))
+        raise asyncio.TimeoutError
 
     async def _call(self, fn: Callable[[_Transport], Awaitable[T]], retries: int | None = None) -> T:
         """``fn(transport)`` within the timeout, on the next server; failed over to the
@@ -417,17 +519,21 @@ class _AsyncClient:
             endpoint = self._pick(tried)
             transport = self._client(endpoint)
             try:
-                result = await asyncio.wait_for(fn(transport), self.timeout)
+                result = await self._within_deadline(endpoint, fn(transport))
                 self._down.pop(endpoint, None)
                 return result
             except Exception as exc:  # noqa: BLE001 - sorted into the client's errors just below
                 error = transport.error(exc, self.model)
                 tried.add(endpoint)
-                # Not retried: the request's own fault, or a deadline (it may still be running).
-                replica_fault = error.retryable or isinstance(error, (ModelNotFoundError, ServerError))
-                if replica_fault:
+                # Not retried: the request's own fault, or a deadline (it may still be running);
+                # but with other servers to go to, a deadline says this one is hung.
+                hung = isinstance(error, RequestTimeoutError) and len(self.endpoints) > 1
+                replica_fault = hung or error.retryable or isinstance(error, (ModelNotFoundError, ServerError))
+                if hung:
+                    self._hang(endpoint)
+                elif replica_fault:
                     self._failed(endpoint)
-                if replica_fault and len(tried) < len(self.endpoints):
+                if replica_fault and self._untried(tried):
                     log.warning("%s; trying another server", error)
                     continue
                 if not error.retryable or attempt >= retries:
@@ -467,17 +573,12 @@ class _AsyncClient:
                         request: Callable[[Sequence[str | bytes]], Awaitable[Any]]) -> AsyncIterator[tuple[T, Any]]:
         pending: deque[tuple[T, asyncio.Task]] = deque()
 
-        def settle(task: asyncio.Task) -> None:
-            # A task abandoned after an earlier failure must not log "exception never retrieved".
-            if not task.cancelled():
-                task.exception()
-
         try:
             for tag, texts in batches:
                 if not 0 < len(texts) <= self.batch_size:
                     raise ValueError(f"a batch holds 1 to {self.batch_size} texts, got {len(texts)}")
                 task = asyncio.ensure_future(request(texts))
-                task.add_done_callback(settle)
+                task.add_done_callback(_retrieve)
                 pending.append((tag, task))
                 # The oldest first: order kept, at most max_in_flight outstanding.
                 if len(pending) >= self.max_in_flight:
@@ -505,8 +606,7 @@ class _AsyncClient:
         if probe and model_ready:
             start = time.perf_counter()
             try:
-                await self._call(lambda t: t.infer(self.model, ["health check"], ("indices",), {"top_k": 1}),
-                                 retries=0)
+                await self._call(self._probe_request, retries=0)
                 probe_ms = (time.perf_counter() - start) * 1000
             except SpladeError as exc:
                 error = str(exc)

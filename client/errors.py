@@ -52,7 +52,8 @@ class ServerUnavailableError(SpladeError, ConnectionError):
 
 
 class RequestTimeoutError(SpladeError, TimeoutError):
-    """No answer within the client's timeout (not retried: the server may still be working on it)."""
+    """No answer within the client's timeout. Not retried on the same server (it may still be
+    working on it); with several, the request goes to another first and this one is left out."""
 
 
 class ProtocolError(SpladeError):

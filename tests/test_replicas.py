@@ -6,8 +6,9 @@ with NOT_FOUND "unknown model" before it closes its ports); the rolling
 restart also with the launcher's drain (explicit mode). The client
 (``python -m client encode`` with two ``--url``) must finish with every text
 encoded exactly once and the same vector as an undisturbed run, while one
-replica is stopped and restarted (a rolling restart), and, in another run,
-killed with SIGKILL. Per-replica inference counts come from each server's /metrics.
+replica is stopped and restarted (a rolling restart), in another run hung
+(SIGSTOP: connections accepted, never answered), and in another killed with
+SIGKILL. Per-replica inference counts come from each server's /metrics.
 """
 
 from __future__ import annotations
@@ -78,12 +79,12 @@ def served(server: Server) -> int:
     return int(float(found.group(1)))
 
 
-def encode(urls: list[str], corpus: Path, output: Path) -> subprocess.Popen:
-    """The bulk encode, as a user runs it: ``python -m client encode --url A --url B ...``;
-    its output (retries with --verbose, then the summary) in ``output``.log."""
+def encode(urls: list[str], corpus: Path, output: Path, *options: str) -> subprocess.Popen:
+    """The bulk encode, as a user runs it: ``python -m client encode --url A --url B ...``
+    (and ``options``); its output (retries with --verbose, then the summary) in ``output``.log."""
     args = [sys.executable, "-m", "client", "encode", *[a for u in urls for a in ("--url", u)],
             "--input", str(corpus), "--output", str(output), "--progress", "off",
-            "--batch-size", BATCH, "--max-in-flight", IN_FLIGHT, "--verbose"]
+            "--batch-size", BATCH, "--max-in-flight", IN_FLIGHT, "--verbose", *options]
     with open(output.with_suffix(".log"), "wb") as log:  # a file, not a pipe that could fill up
         process = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     process.log_path = output.with_suffix(".log")
@@ -139,7 +140,13 @@ def test_parse_urls():
     assert [str(e) for e in parse_urls(["grpc://a:1,http://b", "c", "grpc://a:1", "dns:///svc.ns:8001"])] == [
         "grpc://a:1", "http://b:8000", "grpc://c:8001", "dns:///svc.ns:8001"]
     assert [str(e) for e in parse_urls("dns:///svc", "grpc")] == ["dns:///svc:8001"]
-    for bad, protocol in ((" , ", None), ([], None), ("dns:///svc:1", "http"), ("a:1,ftp://b", None)):
+    # gRPC's address lists keep their commas: one endpoint, last in its string.
+    assert [str(e) for e in parse_urls("http://a:1, ipv4:127.0.0.1:2,127.0.0.2")] == [
+        "http://a:1", "ipv4:127.0.0.1:2,127.0.0.2:8001"]
+    assert [str(e) for e in parse_urls(["ipv6:[::1]:3", "c:4"])] == ["ipv6:[::1]:3", "grpc://c:4"]
+    for bad, protocol in ((" , ", None), ([], None), ("dns:///svc:1", "http"), ("a:1,ftp://b", None),
+                          ("ipv4:", None), ("ipv4:127.0.0.1:1", "http"), ("ipv4:localhost:1", None),
+                          ("ipv6:::1", None), ("ipv4:127.0.0.1:1,[::1]:2", None)):
         with pytest.raises(ValueError):
             parse_urls(bad, protocol)
 
@@ -253,6 +260,35 @@ def test_rolling_restart_of_a_replica_loses_no_text(replicas, corpus, undisturbe
               f"replica 1 {counts[2]}; {failovers(log)}; {log.strip().splitlines()[-1]}")
 
 
+def test_a_hung_replica_is_failed_over_and_left_out(replicas, corpus, undisturbed, tmp_path, capsys):
+    # A stopped tritonserver (SIGSTOP) still accepts connections and never answers: only the
+    # client's deadline finds it. 10 s: never reached by a healthy replica on this loaded machine.
+    healthy, hung = replicas
+    timeout_s = 10
+    output = tmp_path / "vectors.jsonl"
+    before = [served(s) for s in replicas]
+    process = encode([f"grpc://{healthy.grpc_url}", f"grpc://{hung.grpc_url}"], corpus, output,
+                     "--timeout", str(timeout_s))
+    wait_for_lines(output, TEXTS // 4, process)
+    pid = hung.tritonserver_pid()
+    os.kill(pid, signal.SIGSTOP)
+    stopped_at = lines_in(output)
+    try:
+        log = finish(process)
+        after = served(healthy) - before[0]
+    finally:
+        os.kill(pid, signal.SIGCONT)  # so that it can answer, and be stopped, again
+    assert_same(vectors(output), undisturbed[0])
+    # Only the requests already waiting on it when it stopped could wait out their deadline (the
+    # first one to do so gives up on the others); every later request went to the healthy one.
+    # Before the fix: the first deadline ended the encode ("no answer ... within 10 s").
+    deadlines = [line for line in log.splitlines() if f"within {timeout_s} s" in line]
+    assert 1 <= len(deadlines) <= 3, f"{len(deadlines)} requests waited out the deadline: {failovers(log)}"
+    with capsys.disabled():
+        print(f"\nSIGSTOP: replica 1 stopped at {stopped_at}/{TEXTS} texts; {len(deadlines)} deadline(s) passed; "
+              f"replica 0 answered {after} requests; {failovers(log)}; {log.strip().splitlines()[-1]}")
+
+
 def test_a_replica_killed_with_sigkill_loses_no_text(replicas, corpus, undisturbed, tmp_path, capsys):
     survivor, victim = replicas
     output = tmp_path / "vectors.jsonl"
@@ -279,3 +315,40 @@ def test_grpc_spreads_over_the_addresses_of_a_dns_name(replicas):
     with SpladeClient(f"dns:///localhost:{server.grpc_port}") as client:
         vector = client.encode("what is the capital of france", top_k=2, return_tokens=True)
     assert vector.tokens == ("capital", "france")
+
+
+class OnHost(Server):
+    """A replica bound to another loopback address (the launcher's --host; all of 127.0.0.0/8
+    is loopback on Linux), so that two replicas can share one port."""
+
+    def __init__(self, host: str, repository: Path, log_path: Path, **kwargs):
+        self.host = host
+        super().__init__(repository, log_path, launcher_args=("--host", host), **kwargs)
+
+    http_url = property(lambda self: f"{self.host}:{self.http_port}")
+    grpc_url = property(lambda self: f"{self.host}:{self.grpc_port}")
+    metrics_url = property(lambda self: f"http://{self.host}:{self.metrics_port}/metrics")
+    ready_url = property(lambda self: f"http://{self.host}:{self.health_port}/v2/health/ready")
+
+
+def test_grpc_spreads_over_the_addresses_of_one_target(replicas, tmp_path, capsys):
+    # No name here resolves to two addresses (/etc/hosts is not ours to edit), so the closest:
+    # gRPC's own list of addresses, one channel, through the same client path as a dns:/// name
+    # (gRPC's resolver hands round_robin the addresses either way). Two replicas on one port.
+    first = next(s for s in replicas if s.process.poll() is None)
+    ports = (free_port(), first.grpc_port, free_port())
+    second = OnHost("127.0.0.2", first.repository, tmp_path / "second.log", ports=ports)
+    try:
+        second.wait_ready()
+        before = [served(s) for s in (first, second)]
+        target = f"ipv4:127.0.0.1:{first.grpc_port},127.0.0.2:{second.grpc_port}"
+        with SpladeClient(target, batch_size=1, max_in_flight=4) as client:
+            assert len(client.endpoints) == 1, client.endpoints  # one channel, not two replicas of ours
+            vectors = client.encode(["what is the capital of france"] * 60, top_k=2, return_tokens=True)
+        counts = [served(s) - b for s, b in zip((first, second), before)]
+    finally:
+        second.stop()
+    assert all(v.tokens == ("capital", "france") for v in vectors)
+    assert sum(counts) == 60 and min(counts) >= 15, f"requests per address: {counts}"
+    with capsys.disabled():
+        print(f"\n{target}: requests per address {counts}")
