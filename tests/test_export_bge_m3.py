@@ -68,7 +68,8 @@ def test_fixture_has_the_published_layout(fixture_dir):
 
 def test_export_validates_against_flagembedding(exported):
     output, stdout = exported
-    assert "validation against FlagEmbedding on" in stdout
+    for what in ("the graph on onnxruntime", "the graph on openvino", "a 512-token document on openvino"):
+        assert f"validation of {what} against FlagEmbedding on" in stdout
     assert sorted(p.name for p in output.iterdir()) == EXPORTED
     assert leftovers(output) == []
     info = json.loads((output / "export_info.json").read_text())
@@ -85,6 +86,14 @@ def test_export_validates_against_flagembedding(exported):
         assert report[key] <= 1e-5
     assert report["lexical_key_mismatches"] == 0 and report["padding_nonzero"] == 0
     assert report["lexical_terms"] > 50  # the comparison is not between empty dicts
+    # The same on OpenVINO (the served runtime), and one document of the model's whole length there.
+    assert info["opset"] == bge_m3.OPSET == 23
+    for key in ("dense_max_abs_diff", "colbert_max_abs_diff", "lexical_max_abs_diff"):
+        assert report["openvino"][key] <= 1e-5 and report["long_document"][key] <= 1e-5
+    assert report["openvino"]["texts"] == report["texts"] and report["openvino"]["lexical_terms"] == report["lexical_terms"]
+    long = report["long_document"]
+    assert (long["texts"], long["truncated_texts"], long["max_length"]) == (1, 1, 512)
+    assert long["lexical_terms"] > 50 and long["lexical_key_mismatches"] == 0
 
 
 def test_graph_interface(exported):

@@ -37,13 +37,20 @@ from splade_triton.artifacts.onnx_graph import ExportError
 from splade_triton.artifacts.reference import CheckpointError
 from splade_triton.artifacts.texts import VARIED_TEXTS
 
-__all__ = ["HEAD_FILES", "INPUTS", "OUTPUTS", "EXTERNAL_DATA_ABOVE", "VALIDATION_TEXTS", "build_fixture",
-           "export", "file_sha256", "graph_module", "is_layout", "lexical_dicts", "load", "special_ids", "validate"]
+__all__ = ["HEAD_FILES", "INPUTS", "OPSET", "OUTPUTS", "EXTERNAL_DATA_ABOVE", "VALIDATION_TEXTS", "build_fixture",
+           "export", "file_sha256", "graph_module", "is_layout", "lexical_dicts", "load", "long_text", "special_ids",
+           "validate", "validate_long"]
 
 INPUTS = ("input_ids", "attention_mask")
 OUTPUTS = ("dense", "token_weights", "colbert")
 HEAD_FILES = ("sparse_linear.pt", "colbert_linear.pt")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Opset 23 exports each layer's attention as one ONNX Attention op instead of
+# MatMul/Softmax/MatMul: OpenVINO runs it as its fused scaled-dot-product attention,
+# whose memory grows linearly with the length (an 8192-token document would
+# otherwise hold a [heads, 8192, 8192] score tensor per layer). TensorRT parses the
+# op from 10.14; older engines need --opset 18.
+OPSET = 23
 # protobuf refuses messages over 2 GiB; above this the initializers go to model.onnx.data.
 EXTERNAL_DATA_ABOVE = int(1.5 * 2**30)
 
@@ -276,29 +283,19 @@ def _onnx_outputs(session, tokenizer, texts, max_length: int, batch: int):
     return rows
 
 
-def validate(onnx_path: Path, model_dir: Path, tokenizer, texts, max_length: int, tolerance: float,
-             batch: int = 7) -> dict:
-    """Compare the graph with FlagEmbedding's BGEM3FlagModel on the same directory; raise ExportError on any mismatch.
+def _session(onnx_path: Path, runtime: str):
+    """The graph on ``runtime`` as the encoder serves it (fp32), checked for the expected signature."""
+    from splade_triton.serving.runtime import open_session
 
-    dense and colbert: max abs difference; lexical weights: the same ids per
-    text and the max abs difference of their weights. The graph runs in padded
-    batches of mixed lengths (and FlagEmbedding in its own length-sorted ones),
-    so padding must not change any output; the graph's outputs at padding
-    (token_weights, colbert vectors) must be exactly 0.
-    """
-    import onnxruntime as ort
-    from FlagEmbedding import BGEM3FlagModel
-
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    session = open_session(str(onnx_path), runtime, "fp32", 0, False, "all")
     names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
     if names != (list(INPUTS), list(OUTPUTS)):
         raise ExportError(f"unexpected graph signature: inputs {names[0]}, outputs {names[1]}")
+    return session
 
-    reference = BGEM3FlagModel(str(model_dir), use_fp16=False, devices="cpu")
-    expected = reference.encode(list(texts), batch_size=4, max_length=max_length,
-                                return_dense=True, return_sparse=True, return_colbert_vecs=True)
-    rows = _onnx_outputs(session, tokenizer, texts, max_length, batch)
 
+def _compare(rows, expected, max_length: int, tolerance: float, what: str) -> dict:
+    """The graph's rows (``_onnx_outputs``) against FlagEmbedding's ``expected``; ExportError on any mismatch."""
     dense_diff = colbert_diff = lexical_diff = 0.0
     key_mismatches, padding_nonzero, truncated, terms, problems = 0, 0, 0, 0, []
     for i, (got, mask, weights, colbert, dense, n) in enumerate(rows):
@@ -319,21 +316,70 @@ def validate(onnx_path: Path, model_dir: Path, tokenizer, texts, max_length: int
         for k in set(got) & set(ref):
             lexical_diff = max(lexical_diff, abs(got[k] - float(ref[k])))
 
-    report = {"reference": "FlagEmbedding BGEM3FlagModel (fp32, cpu)", "texts": len(texts),
+    report = {"reference": "FlagEmbedding BGEM3FlagModel (fp32, cpu)", "texts": len(rows),
               "truncated_texts": int(truncated), "max_length": max_length, "tolerance": tolerance,
               "dense_max_abs_diff": dense_diff, "colbert_max_abs_diff": colbert_diff,
               "lexical_max_abs_diff": lexical_diff, "lexical_terms": terms, "lexical_key_mismatches": key_mismatches,
               "padding_nonzero": padding_nonzero}
-    print(f"validation against FlagEmbedding on {len(texts)} texts ({truncated} truncated at {max_length}): "
+    print(f"validation of {what} against FlagEmbedding on {len(rows)} texts ({truncated} truncated at {max_length}): "
           f"max abs diff dense {dense_diff:.3g}, colbert {colbert_diff:.3g}, lexical {lexical_diff:.3g} "
           f"(tolerance {tolerance:g}); lexical id mismatches {key_mismatches}; non-zero padding outputs {padding_nonzero}")
     worst = max(dense_diff, colbert_diff, lexical_diff)
     if worst > tolerance or key_mismatches or padding_nonzero or problems:
         raise ExportError(
-            f"ONNX export does not match FlagEmbedding: max abs diff {worst:.3g} (tolerance {tolerance:g}), "
+            f"ONNX export ({what}) does not match FlagEmbedding: max abs diff {worst:.3g} (tolerance {tolerance:g}), "
             f"{key_mismatches} texts with other lexical ids, {padding_nonzero} non-zero outputs at padding"
             + (f"; {'; '.join(problems[:3])}" if problems else ""))
     return report
+
+
+def validate(onnx_path: Path, model_dir: Path, tokenizer, texts, max_length: int, tolerance: float,
+             batch: int = 7, runtime: str = "onnxruntime", reference=None) -> dict:
+    """Compare the graph on ``runtime`` with FlagEmbedding's BGEM3FlagModel on the same directory;
+    raise ExportError on any mismatch.
+
+    dense and colbert: max abs difference; lexical weights: the same ids per
+    text and the max abs difference of their weights. The graph runs in padded
+    batches of mixed lengths (and FlagEmbedding in its own length-sorted ones),
+    so padding must not change any output; the graph's outputs at padding
+    (token_weights, colbert vectors) must be exactly 0. ``reference``: a loaded
+    BGEM3FlagModel to reuse.
+    """
+    from FlagEmbedding import BGEM3FlagModel
+
+    session = _session(onnx_path, runtime)
+    reference = reference or BGEM3FlagModel(str(model_dir), use_fp16=False, devices="cpu")
+    expected = reference.encode(list(texts), batch_size=4, max_length=max_length,
+                                return_dense=True, return_sparse=True, return_colbert_vecs=True)
+    rows = _onnx_outputs(session, tokenizer, texts, max_length, batch)
+    return _compare(rows, expected, max_length, tolerance, f"the graph on {runtime}")
+
+
+def long_text(tokenizer, length: int) -> str:
+    """A text of varied words that the tokenizer cuts at ``length`` tokens (more than that uncut)."""
+    parts, tokens = [], 0
+    while tokens <= length:
+        for text in VARIED_TEXTS:
+            parts.append(text)
+            tokens += len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return " ".join(parts)
+
+
+def validate_long(onnx_path: Path, model_dir: Path, tokenizer, length: int, tolerance: float,
+                  runtime: str = "openvino", reference=None) -> dict:
+    """One document of the model's full ``length`` tokens, alone, on the runtime that serves long
+    documents, against FlagEmbedding at that length: attention at every distance the model allows."""
+    from FlagEmbedding import BGEM3FlagModel
+
+    session = _session(onnx_path, runtime)
+    reference = reference or BGEM3FlagModel(str(model_dir), use_fp16=False, devices="cpu")
+    text = [long_text(tokenizer, length)]
+    expected = reference.encode(text, batch_size=1, max_length=length,
+                                return_dense=True, return_sparse=True, return_colbert_vecs=True)
+    rows = _onnx_outputs(session, tokenizer, text, length, 1)
+    if rows[0][-1] != length:
+        raise ExportError(f"the long validation text has {rows[0][-1]} tokens, not {length}")
+    return _compare(rows, expected, length, tolerance, f"a {length}-token document on {runtime}")
 
 
 # --- the fixture --------------------------------------------------------------------------------
