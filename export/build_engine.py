@@ -188,6 +188,9 @@ def build(trt, args, profile, gpu, gpu_pipeline: GpuPipeline, graph: Path) -> di
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(graph)):
         errors = "; ".join(_parser_error(parser.get_error(i)) for i in range(parser.num_errors))
+        if "Attention" in errors:  # BGE-M3's default export (opset 23) for the CPU runtimes
+            errors += (f"; TensorRT {trt.__version__} has no importer for ONNX Attention (it has one from 10.14): "
+                       "export the model for this engine with python -m export.export_onnx --opset 18")
         raise BuildError(f"TensorRT could not parse {graph}: {errors}")
     _check_io(network, gpu_pipeline.outputs)
 
