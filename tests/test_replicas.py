@@ -14,6 +14,7 @@ SIGKILL. Per-replica inference counts come from each server's /metrics.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -287,6 +288,30 @@ def test_a_hung_replica_is_failed_over_and_left_out(replicas, corpus, undisturbe
     with capsys.disabled():
         print(f"\nSIGSTOP: replica 1 stopped at {stopped_at}/{TEXTS} texts; {len(deadlines)} deadline(s) passed; "
               f"replica 0 answered {after} requests; {failovers(log)}; {log.strip().splitlines()[-1]}")
+
+
+def test_a_hung_replica_is_probed_back_into_the_rotation(replicas, caplog):
+    healthy, hung = replicas
+    texts = ["what is the capital of france"] * 20
+    caplog.set_level(logging.INFO, logger="client")
+    with SpladeClient([f"grpc://{healthy.grpc_url}", f"grpc://{hung.grpc_url}"], timeout=5, batch_size=1,
+                      max_in_flight=2) as client:
+        client.encode(texts[:4])  # connected to both (a new connection to a stopped one is refused, not hung)
+        pid = hung.tritonserver_pid()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert all(v.top(1)[0][0] == "capital" for v in client.encode(texts, return_tokens=True))
+            assert any("is left out until it answers a probe" in m for m in caplog.messages), caplog.messages
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Its probe is answered once it runs again (at the latest: the next probe, after a back-off).
+        deadline = time.monotonic() + 120
+        while not any("answered a probe" in m for m in caplog.messages):
+            assert time.monotonic() < deadline, caplog.messages
+            time.sleep(0.2)
+        before = served(hung)
+        client.encode(texts)
+        assert served(hung) - before >= len(texts) // 4, "the replica was not taken back"
 
 
 def test_a_replica_killed_with_sigkill_loses_no_text(replicas, corpus, undisturbed, tmp_path, capsys):
