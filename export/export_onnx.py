@@ -111,6 +111,13 @@ def install(output: Path, repository: Path) -> None:
           f"(restart a server running on it: script/serve)")
 
 
+def max_positions(config) -> int:
+    """Tokens a text may have: the position embeddings, less RoBERTa's offset (its positions
+    start after the padding index)."""
+    offset = config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta", "camembert") else 0
+    return int(config.max_position_embeddings) - offset
+
+
 def export_splade(args) -> Path:
     args.tolerance = 1e-4 if args.tolerance is None else args.tolerance
     started = time.time()
@@ -133,6 +140,9 @@ def export_splade(args) -> Path:
                 # vocabulary: a model may pad its vocabulary beyond the tokenizer's.
                 "vocab_size": model_vocab,
                 "tokenizer_vocab_size": tokenizer_vocab,
+                # What the position embeddings allow: the bound of every served length and of
+                # the encoder's per-request check (older exports without it are probed at load).
+                "max_length": max_positions(mlm.config),
                 "validation": report,
             }
             output = write_exported(args.output or Path("build/models") / Path(args.model).name, onnx_path, tmp / "tokenizer", info)
