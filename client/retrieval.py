@@ -7,12 +7,16 @@ Retrievers (``--retriever``):
 - ``sparse``: the pipeline's sparse vectors (SPLADE weights, BGE-M3 lexical weights), inner product;
 - ``dense``: BGE-M3's dense vectors, inner product (cosine: they are L2-normalised);
 - ``colbert``: BGE-M3's ColBERT score (FlagEmbedding's ``colbert_score``) re-ranking the
-  candidates of the engine's RRF of sparse and dense;
-- ``hybrid``: the retrievers with a weight above 0 (:data:`DEFAULT_WEIGHTS`), fused.
+  candidates of the RRF of sparse and dense;
+- ``hybrid``: the retrievers with a weight above 0 (:data:`DEFAULT_WEIGHTS`), fused (ColBERT
+  only re-scores candidates: at least one of bm25, sparse, dense must weigh above 0).
 
-Where each part runs: bm25, sparse and dense run inside the engine, and so does
-their fusion by RRF (one ``search`` or ``hybrid_search``). Weighted fusion takes
-one engine search per retriever and adds them up here: the engine's
+Queries are encoded as queries (``encode_queries``), documents as documents.
+
+Where each part runs: bm25, sparse and dense run inside the engine, one engine search
+each; their fusion runs here. RRF: Milvus Lite's ``hybrid_search`` re-queries its hits by
+an unescaped id filter, which an id holding a quote breaks (:meth:`client.engine.Engine.search`).
+Weighted: the engine's
 ``WeightedRanker`` (Milvus Lite 2.5) always normalises its inputs, and
 normalises BM25 as if it were a distance (a better match scores lower). The
 engine stores no multi-vectors, so ColBERT runs here: the candidates' stored
@@ -22,8 +26,8 @@ ColBERT score joins the fusion with the same formula.
 Fusion (``--fusion``):
 
 - ``rrf``: reciprocal rank fusion, sum over retrievers of 1 / (k + rank), k = 60
-  (Milvus' ``RRFRanker``, in the engine; unweighted: a weight only says whether a retriever
-  takes part);
+  (Milvus' ``RRFRanker`` formula, :func:`client.engine.rrf`; unweighted: a weight only says
+  whether a retriever takes part);
 - ``weighted``: BGE-M3's ``compute_score`` form, sum of weight x score divided by the sum of
   the weights, each retriever's scores first normalised (``--normalize``): ``minmax`` scales
   each retriever's candidates to [0, 1] per query; ``none`` keeps the raw scores
@@ -153,7 +157,7 @@ class Retriever:
             if not set(self.weights) & set(ENGINE_PARTS):
                 raise ValueError("--weights: colbert re-scores the candidates of bm25, sparse or dense: give one of "
                                  "them a weight above 0 too (or --retriever colbert)")
-        elif retriever == "colbert":  # ColBERT re-ranks what the engine's sparse + dense RRF finds
+        elif retriever == "colbert":  # ColBERT re-ranks what the sparse + dense RRF finds
             self.weights = {"sparse": 1.0, "dense": 1.0, "colbert": 1.0}
         else:
             self.weights = {retriever: 1.0}
@@ -245,13 +249,13 @@ class Retriever:
         return out
 
     def _add_colbert(self, encoded: list[dict[str, Any]], found: list[Ranking]) -> list[Ranking]:
-        """ColBERT re-scoring of the engine's RRF candidates: ``colbert`` alone, or RRF continued."""
+        """ColBERT re-scoring of the RRF candidates: ``colbert`` alone, or RRF continued."""
         late = self._colbert(encoded, [[d for d, _ in row] for row in found])
         out = []
         for row, scores in zip(found, late):
             if self.retriever == "colbert":
                 fused = [(d, scores[d]) for d, _ in row if d in scores]
-            else:  # the engine's RRF continued with ColBERT's ranks of its candidates
+            else:  # the RRF continued with ColBERT's ranks of its candidates
                 order = sorted(scores, key=lambda d: -scores[d])
                 rank = {d: r for r, d in enumerate(order, 1)}
                 fused = [(d, s + 1.0 / (RRF_K + rank[d])) for d, s in row if d in scores]
