@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from splade_triton.launcher import tritonserver
 from splade_triton.launcher.harness import Launched, NotReady, alive, free_port
 from splade_triton.launcher.stubs import StubProcess, parse_stub_argv
 from splade_triton.launcher.supervisor import Supervisor, dead_models
-from tests.conftest import ROOT
+from tests.conftest import ROOT, running
 
 STUB = "/site/pytriton/tritonserver/backends/python/triton_python_backend_stub"
 
@@ -126,7 +129,6 @@ def test_a_readiness_timeout_leaves_no_process_behind(repository, tmp_path):
     assert not left, f"processes left behind: {left}"
     assert not [r for r in server.seen_regions if (Path("/dev/shm") / r).exists()]
     for port in (server.http_port, server.grpc_port):
-        import socket
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))  # free again
 
@@ -139,6 +141,47 @@ def test_check_runs_a_real_inference(server):
                               f"127.0.0.1:{free_port()}", "--timeout", "2"],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert nothing.returncode == 1 and "not ready" in nothing.stderr
+
+
+def test_check_fails_when_readiness_says_200_but_inference_fails(repository, tmp_path):
+    # A stopped (SIGSTOP) encoder stub: alive to the supervisor (not reloaded) and to
+    # /v2/health/ready (200), but no request through it is answered: Triton's stub health
+    # check fails them ("Stub process ... is not healthy"), or they wait. The check must not pass.
+    with running(repository, tmp_path / "server.log") as server:
+        (encoder,) = [s for s in server.stubs() if s.model == "splade_encoder"]
+        os.kill(encoder.pid, signal.SIGSTOP)
+        try:
+            with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=10) as r:
+                assert r.status == 200
+            done = subprocess.run([sys.executable, "-m", "splade_triton.launcher", "check", "--url", server.http_url,
+                                   "--timeout", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        finally:
+            os.kill(encoder.pid, signal.SIGCONT)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    # One line per ensemble (each runs the encoder), naming it and saying why.
+    assert "splade" in {re.match(r"not ready: model '(\w+)': ", line).group(1) for line in lines}, done.stderr
+    for line in lines:
+        assert re.search(r"': (.*timed out|HTTP 500 .*Stub process 'splade_encoder_0_0' is not healthy)",
+                         line), line
+
+
+def test_bad_health_port_or_grace_period_is_refused_in_one_line(repository):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "splade_triton.launcher", "--model-repository", str(repository),
+                               "--http-port", str(free_port()), "--grpc-port", str(free_port()),
+                               "--metrics-port", str(free_port()), "--health-port", str(port)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"--health-port {port}: Address already in use"], done.stderr
+    for bad, message in ((["--health-port", "70000"], "--health-port must be a port number (0 for none), got 70000"),
+                         (["--grace-period", "-1"], "--grace-period must be 0 or more seconds, got -1")):
+        done = subprocess.run([sys.executable, "-m", "splade_triton.launcher", *bad], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert (done.returncode, done.stderr.splitlines()) == (1, [message])
 
 
 def wait_ready(port: int, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -157,9 +200,10 @@ def wait_ready(port: int, process: subprocess.Popen, timeout: float = 120) -> No
 
 
 def test_serve_binds_localhost_and_stops_on_ctrl_c():
-    http, grpc, metrics = free_port(), free_port(), free_port()
+    http, grpc, metrics, health = free_port(), free_port(), free_port(), free_port()
     process = subprocess.Popen(
-        [str(ROOT / "script" / "serve"), "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+        [str(ROOT / "script" / "serve"), "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+         "--health-port", str(health)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:

@@ -1,5 +1,9 @@
 """Drain a tritonserver before it stops: refuse new requests as retryable, finish those in flight.
 
+(The launcher first serves everything for its grace period, readiness 503; see serve.py.
+In model-control mode none nothing can be reloaded, so step 1 is skipped there:
+requests still sent are served, and the settle waits for them too.)
+
 Triton's own shutdown (SIGTERM) fails an ensemble request in flight at its
 next step ("Server is stopping"), and unloading the ensembles first makes new
 requests fail NOT_FOUND ("has no available versions"), which a client must not
@@ -98,9 +102,10 @@ def settle(admin: Admin, server_pid: int, skip: set[str], deadline: float, inter
     return False
 
 
-def drain(admin: Admin, timeout_s: float, server_pid: int, interrupted=lambda: False) -> bool:
-    """Refuse new requests (retryably), then wait for those in flight; True if all done within ``timeout_s``."""
+def drain(admin: Admin, timeout_s: float, server_pid: int, interrupted=lambda: False, refuse_new: bool = True) -> bool:
+    """Refuse new requests (retryably; not without ``refuse_new``: model-control mode none
+    cannot reload a model), then wait for those in flight; True if all done within ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
-    refused = refuse(admin)
+    refused = refuse(admin) if refuse_new else []
     ensembles = {m for m, state in admin.states().items() if state == "READY" and admin.is_ensemble(m)}
     return settle(admin, server_pid, set(refused) | ensembles, deadline, interrupted)

@@ -70,6 +70,7 @@ class Launched:
         self.ready_timeout_s = ready_timeout_s
         self.admin_key = secrets.token_urlsafe(16)
         self.http_port, self.grpc_port, self.metrics_port = ports or (free_port(), free_port(), free_port())
+        self.health_port = free_port()  # the launcher's readiness endpoint (what a readinessProbe reads)
         # Where the launcher (and so tritonserver and its stubs) runs; the checkout unless given.
         self.cwd = Path(cwd) if cwd is not None else ROOT
         self.process: subprocess.Popen | None = None
@@ -91,6 +92,10 @@ class Launched:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
+    @property
+    def ready_url(self) -> str:
+        return f"http://127.0.0.1:{self.health_port}/v2/health/ready"
+
     def url(self, protocol: str) -> str:
         return self.http_url if protocol == "http" else self.grpc_url
 
@@ -103,7 +108,7 @@ class Launched:
             sys.executable, "-m", "splade_triton.launcher",
             "--model-repository", str(self.repository),
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-            "--metrics-port", str(self.metrics_port),
+            "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port),
             *self.launcher_args, "--", *self.extra_args,
         ]
         env = {**os.environ, ADMIN_KEY_ENV: self.admin_key}
@@ -119,8 +124,9 @@ class Launched:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def is_ready(self) -> bool:
+        """The launcher's readiness (tritonserver ready, and no stop asked for)."""
         try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+            with urllib.request.urlopen(self.ready_url, timeout=2) as r:
                 return r.status == 200
         except OSError:
             return False

@@ -1,4 +1,4 @@
-"""The launcher: tritonserver as a child, its stubs supervised, drained on SIGTERM / Ctrl-C.
+"""The launcher: tritonserver as a child, its stubs supervised, stopped on SIGTERM / Ctrl-C without failing a request.
 
     python -m splade_triton.launcher --model-repository model_repository [-- tritonserver args]
     python -m splade_triton.launcher check --url 127.0.0.1:8000
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from splade_triton.launcher.admin import ADMIN_KEY_ENV, KEY_CHARS, Admin, new_key
 from splade_triton.launcher.drain import drain
+from splade_triton.launcher.health import Health, triton_ready
 from splade_triton.launcher.stubs import mapped_regions, remove_regions, stub_processes
 from splade_triton.launcher.supervisor import Supervisor, log
 from splade_triton.launcher.tritonserver import ServerOptions, command, environment
@@ -43,14 +44,46 @@ def _kill_server(process: subprocess.Popen) -> None:
             pass
 
 
-def serve(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
+def _wait(seconds: float, done) -> None:
+    """Sleep up to ``seconds``, less once ``done()``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not done():
+        time.sleep(0.1)
+
+
+def serve(options: ServerOptions, drain_timeout_s: float = 30.0, grace_s: float = 0.0,
+          health_port: int | None = None) -> int:
     """Run tritonserver under the launcher until it exits or a signal stops it.
+
+    A first SIGTERM / SIGINT stops it without failing a request, in either
+    model-control mode: the readiness endpoint on ``health_port`` (if any)
+    reads 503 at once, while tritonserver goes on serving every request for
+    ``grace_s`` (load balancers stop sending meanwhile); then the drain (at most
+    ``drain_timeout_s``): in explicit mode new requests are refused with a
+    retryable UNAVAILABLE, in mode none (no reloads) they are still served; the
+    requests in flight finish; then tritonserver is ended. A second signal
+    skips the rest.
 
     Returns the exit status: 0 after a clean stop; non-zero when, in
     model-control mode none, a Python-backend stub died (the model cannot be
     reloaded there, so tritonserver is stopped for a restart). Must run in the
     main thread (it handles SIGINT and SIGTERM).
     """
+    health = None
+    if health_port:
+        try:
+            health = Health(options.host, health_port, lambda: triton_ready(options.host, options.http_port))
+        except OSError as e:
+            raise SystemExit(f"--health-port {health_port}: {e.strerror or e}") from None
+        health.start()
+    try:
+        return _serve(options, drain_timeout_s, grace_s, health.stopping if health else threading.Event())
+    finally:
+        if health is not None:
+            health.close()
+
+
+def _serve(options: ServerOptions, drain_timeout_s: float, grace_s: float, stopping: threading.Event) -> int:
     # stdin: a process group other than the terminal's must not read from it.
     process = subprocess.Popen(command(options), env=environment(), stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     admin = Admin(options.host, options.http_port, options.admin_key)
@@ -65,6 +98,7 @@ def serve(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
         # runs the launcher (a Deployment's restart policy) starts it afresh.
         dead_stub.append(message)
         log(f"{message}; model-control mode none cannot reload it: stopping tritonserver")
+        stopping.set()
         stop.set()
 
     # Explicit mode reloads a model whose stub died; mode none can only report it.
@@ -79,6 +113,7 @@ def serve(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
 
     def on_signal(signum, frame):
         signals.append(signum)
+        stopping.set()  # readiness reads 503 from now on
         stop.set()
         if len(signals) > 1:
             terminate()  # a second signal: stop without draining
@@ -89,15 +124,25 @@ def serve(options: ServerOptions, drain_timeout_s: float = 30.0) -> int:
     while not stop.wait(0.2):
         if process.poll() is not None:
             break
+    stopping.set()
+    graceful = process.poll() is None and len(signals) == 1 and not dead_stub
+    if graceful and grace_s > 0:
+        # tritonserver untouched: requests that still arrive are served while
+        # load balancers and the readiness probe take this server out.
+        log(f"stopping: readiness 503; serving every request for {grace_s:g} s more (grace period)")
+        _wait(grace_s, lambda: len(signals) > 1 or process.poll() is not None)
+        graceful = process.poll() is None and len(signals) == 1
     start = time.monotonic()
     if not supervisor.stop(drain_timeout_s):
         log("supervisor still reloading a model; draining anyway")
 
     drained = False
-    if process.poll() is None and options.model_control_mode == "explicit" and len(signals) == 1:
+    if graceful:
         remaining = max(0.0, drain_timeout_s - (time.monotonic() - start))
         try:
-            drained = drain(admin, remaining, process.pid, interrupted=lambda: len(signals) > 1)
+            # Mode none cannot reload a model to refuse requests: they are served until the end.
+            drained = drain(admin, remaining, process.pid, interrupted=lambda: len(signals) > 1,
+                            refuse_new=options.model_control_mode == "explicit")
         except (OSError, ValueError) as e:
             log(f"drain failed: {e}")
         log(f"drained in {time.monotonic() - start:.1f} s" if drained else "drain incomplete; stopping anyway")
@@ -153,12 +198,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-control-mode", choices=("explicit", "none"), default="explicit",
                         help="explicit (default): stub recovery and draining, admin API behind the key; "
                              "none: no model loading or unloading at all")
+    parser.add_argument("--health-port", type=int, default=8003,
+                        help="the launcher's readiness endpoint, GET /v2/health/ready: 200 while tritonserver is "
+                             "ready and no stop was asked for, else 503 (default 8003; 0: none)")
+    parser.add_argument("--grace-period", type=float, default=0.0,
+                        help="seconds after SIGTERM / Ctrl-C during which readiness reads 503 and every request "
+                             "is still served, for load balancers to stop sending (default 0)")
     parser.add_argument("--drain-timeout", type=float, default=30.0,
-                        help="seconds in-flight requests get to finish after SIGTERM / Ctrl-C (default 30)")
+                        help="seconds in-flight requests get to finish after the grace period (default 30)")
     parser.add_argument("--exit-timeout", type=int, default=30,
                         help="tritonserver's own --exit-timeout-secs, after the drain (default 30)")
     parser.add_argument("extra", nargs="*", help="further tritonserver arguments, after --")
     a = parser.parse_args(argv)
+    if not 0 <= a.health_port <= 65535:
+        raise SystemExit(f"--health-port must be a port number (0 for none), got {a.health_port}")
+    if a.grace_period < 0:
+        raise SystemExit(f"--grace-period must be 0 or more seconds, got {a.grace_period:g}")
     key = os.environ.get(ADMIN_KEY_ENV) or new_key()
     if not KEY_CHARS.match(key):
         raise SystemExit(f"{ADMIN_KEY_ENV} may contain only letters, digits and . _ ~ -")
@@ -175,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         extra_args=tuple(a.extra),
     )
     admin = "admin API: key from " + ADMIN_KEY_ENV if os.environ.get(ADMIN_KEY_ENV) else "admin API: launcher only"
+    health = f", readiness {a.health_port}" if a.health_port else ""
     print(f"serving {options.model_repository} on {a.host}: HTTP {a.http_port}, gRPC {a.grpc_port}, "
-          f"metrics {a.metrics_port}; model control {a.model_control_mode}, {admin} (Ctrl-C stops)", flush=True)
-    sys.exit(serve(options, drain_timeout_s=a.drain_timeout))
+          f"metrics {a.metrics_port}{health}; model control {a.model_control_mode}, {admin} (Ctrl-C stops)", flush=True)
+    sys.exit(serve(options, drain_timeout_s=a.drain_timeout, grace_s=a.grace_period, health_port=a.health_port))
