@@ -3,8 +3,9 @@
 # for this GPU in the engines volume, assemble the GPU repository, then exec
 # the launcher (python3 -m splade_triton.launcher, from /opt/splade): it runs
 # the image's /opt/tritonserver as its child, reloads a model whose Python stub
-# dies, and drains on SIGTERM (new requests UNAVAILABLE, in-flight ones
-# finished). Arguments are passed on to tritonserver.
+# dies, and stops on SIGTERM without failing a request (readiness on port 8003
+# reads 503 and every request is still served for the grace period; then the
+# requests in flight finish). Arguments are passed on to tritonserver.
 #
 # Settings (environment):
 #   SPLADE_ENGINE_DIR      plans, kept across restarts (default /engines, a volume)
@@ -14,7 +15,9 @@
 #   SPLADE_QUEUE_DELAY_US  the encoder's dynamic-batching queue delay
 #   SPLADE_ADMIN_KEY       Triton's repository/shm/trace/logging APIs need it (unset: a random key
 #                          only the launcher knows)
-#   SPLADE_DRAIN_TIMEOUT_S seconds in-flight requests get after SIGTERM (default 30)
+#   SPLADE_GRACE_PERIOD_S  seconds after SIGTERM with readiness 503 and every request still served,
+#                          for load balancers to stop sending (default 0; the cluster's 15)
+#   SPLADE_DRAIN_TIMEOUT_S seconds in-flight requests get after the grace period (default 30)
 #   SPLADE_MODEL_CONTROL_MODE explicit (default: stub recovery and the drain) | none (no model
 #                          loading or unloading at all; deploy/k8s/overlays/gpu)
 set -euo pipefail
@@ -47,6 +50,8 @@ export SPLADE_TRITONSERVER=/opt/tritonserver/bin/tritonserver  # the image's, ev
 exec python3 -m splade_triton.launcher \
   --model-repository "$repository" \
   --host 0.0.0.0 \
+  --health-port 8003 \
+  --grace-period "${SPLADE_GRACE_PERIOD_S:-0}" \
   --drain-timeout "${SPLADE_DRAIN_TIMEOUT_S:-30}" \
   --model-control-mode "${SPLADE_MODEL_CONTROL_MODE:-explicit}" \
   --exit-timeout 30 \

@@ -19,6 +19,7 @@ KUSTOMIZATIONS = ("overlays/cpu", "overlays/gpu", "monitoring", "kserve")
 KUBERNETES_VERSIONS = ("1.30.0", "1.33.0")  # the oldest still served upstream at writing, and the newest schemas
 CRD_GROUPS = {"monitoring.coreos.com", "serving.kserve.io"}  # no schema in kubernetes-validate: checked below
 LAUNCHER_KILL_MARGIN_S = 10  # serve.py waits exit_timeout + 10 s for tritonserver before SIGKILL
+MIN_GRACE_S = 10  # endpoints, kube-proxy and DNS drop a terminating pod within seconds
 MIB = 2**20
 
 
@@ -126,6 +127,16 @@ def test_every_image_is_the_pinned_project_image(rendered):
 # --- the Deployment ----------------------------------------------------------------------------
 
 
+def assert_stops_within(settings: dict[str, str], termination_grace_s: int) -> None:
+    """SIGTERM: the launcher's grace period (readiness 503, everything served while the
+    endpoints drop the pod), its drain, then at worst Triton's exit timeout and the launcher's
+    margin, all within the pod's termination grace (or the kubelet's SIGKILL cuts them short)."""
+    grace = float(settings["--grace-period"])
+    assert grace >= MIN_GRACE_S, f"--grace-period={grace}: endpoints may still send requests after it"
+    needed_s = grace + float(settings["--drain-timeout"]) + int(settings["--exit-timeout"]) + LAUNCHER_KILL_MARGIN_S
+    assert termination_grace_s >= needed_s, (termination_grace_s, needed_s)
+
+
 def shm_needed(repository: Path) -> int:
     """Bytes of /dev/shm the repository's Python-backend stubs need: each starts with the launcher's
     shm-default-byte-size and grows in steps; 3 stubs went from 48 to 112 MiB under overload
@@ -155,14 +166,15 @@ def launcher_settings(overlay: str, container: dict) -> dict[str, str]:
     if overlay == "overlays/gpu":
         assert container["command"] == ["/opt/splade/docker/entrypoint.sh"]
         entrypoint = (ROOT / "docker" / "entrypoint.sh").read_text()
-        assert '--model-control-mode "${SPLADE_MODEL_CONTROL_MODE:-explicit}"' in entrypoint
-        exit_timeout = re.search(r"--exit-timeout (\d+)", entrypoint).group(1)
-        assert '-- "$@"' in entrypoint  # the container's arguments go to tritonserver
-        check_argument_owners(["--", *container["args"]])
-        return {"--model-control-mode": env["SPLADE_MODEL_CONTROL_MODE"], "--exit-timeout": exit_timeout,
-                "--host": re.search(r"--host (\S+)", entrypoint).group(1),
-                "--http-port": "8000", "--grpc-port": "8001", "--metrics-port": "8002",  # the launcher's defaults
-                **flags(container["args"])}
+        launch = entrypoint[entrypoint.index("exec python3 -m splade_triton.launcher"):]
+        assert launch.rstrip().endswith('-- "$@"')  # the container's arguments go to tritonserver
+        # `--flag value` and `--flag "${VARIABLE:-default}"` (the container's env, else the default).
+        settings = dict(re.findall(r'(--[a-z-]+) ([^\s"$\\]+)', launch))
+        settings.update({flag: env.get(variable, default) for flag, variable, default
+                         in re.findall(r'(--[a-z-]+) "\$\{(\w+):-([^}]*)\}"', launch)})
+        check_argument_owners([f"{k}={v}" for k, v in settings.items()] + ["--", *container["args"]])
+        return {"--http-port": "8000", "--grpc-port": "8001", "--metrics-port": "8002",  # the launcher's defaults
+                **settings, **flags(container["args"])}
     assert container["command"] == ["python3", "-m", "splade_triton.launcher"]
     check_argument_owners(container["args"])
     return flags(container["args"])
@@ -179,15 +191,17 @@ def test_the_deployment(rendered, overlay, repository, bge_m3_repository):
     assert settings.items() >= CONNECTION_AGE.items()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": int(settings["--http-port"]), "grpc": int(settings["--grpc-port"]),
-                     "metrics": int(settings["--metrics-port"])}
+                     "metrics": int(settings["--metrics-port"]), "health": int(settings["--health-port"])}
 
-    # Probes: ready means every model loaded (the launcher's --strict-readiness=true); the
-    # start-up window fits the loading (the GPU image builds its TensorRT plan first).
+    # Probes: ready means every model loaded (the launcher's --strict-readiness=true) and no
+    # SIGTERM yet: the launcher's readiness, not tritonserver's (which reads 200 until it
+    # unloads); the start-up window fits the loading (the GPU image builds its TensorRT plan first).
     assert "--strict-readiness=true" in command(ServerOptions("r"), Installation(Path("t"), Path("b"), "ngc"))
-    for probe, path in (("startupProbe", "/v2/health/ready"), ("readinessProbe", "/v2/health/ready"),
-                        ("livenessProbe", "/v2/health/live")):
+    for probe, path, port in (("startupProbe", "/v2/health/ready", "health"),
+                              ("readinessProbe", "/v2/health/ready", "health"),
+                              ("livenessProbe", "/v2/health/live", "http")):
         get = container[probe]["httpGet"]
-        assert get["path"] == path and get["port"] in ports, f"{probe}: {get}"
+        assert (get["path"], get["port"]) == (path, port), f"{probe}: {get}"
     startup = container["startupProbe"]
     window = startup["periodSeconds"] * startup["failureThreshold"]
     if overlay == "overlays/gpu":
@@ -221,12 +235,8 @@ def test_the_deployment(rendered, overlay, repository, bge_m3_repository):
     if overlay == "overlays/gpu":
         assert resources["limits"]["nvidia.com/gpu"] == 1
 
-    # Shutdown: the preStop delay, then Triton's exit timeout and the launcher's margin, all
-    # within the grace period (or the kubelet's SIGKILL cuts them short).
-    sleep_command = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert sleep_command[0] == "sleep"
-    needed_s = int(sleep_command[1]) + int(settings["--exit-timeout"]) + LAUNCHER_KILL_MARGIN_S
-    assert pod["terminationGracePeriodSeconds"] >= needed_s, (pod["terminationGracePeriodSeconds"], needed_s)
+    assert_stops_within(settings, pod["terminationGracePeriodSeconds"])
+    assert "lifecycle" not in container  # no preStop: the launcher's grace period is the delay
 
     # Rolling updates never go below the replicas asked for; the PDB keeps one during drains.
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
@@ -354,6 +364,9 @@ def test_kserve_runtime_and_inference_service(rendered):
     assert settings["--model-control-mode"] == "none"
     assert settings.items() >= CONNECTION_AGE.items()
     assert [p["containerPort"] for p in container["ports"]] == [int(settings["--http-port"])] == [8080]
+    # Readiness: the launcher's (503 from SIGTERM on); the predictor's pod waits for its stop.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": int(settings["--health-port"])}
+    assert_stops_within(settings, service["spec"]["predictor"]["terminationGracePeriodSeconds"])
     assert "triton" in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
     assert "v2" in runtime["spec"]["protocolVersions"]
 
