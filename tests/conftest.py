@@ -148,3 +148,22 @@ def flag_m3():
     from FlagEmbedding import BGEM3FlagModel
 
     return BGEM3FlagModel(str(BGE_M3_TINY_SRC), use_fp16=False, devices="cpu")
+
+
+# --- query/document models (tests/test_sides.py, tests/test_query_side.py) ----------------------
+
+MODELS = ROOT / "build" / "models"
+# Served name -> the tiny asymmetric fixture's export (script/setup; splade_triton/artifacts/asymmetric.py).
+SIDES_PIPELINES = {"router": "splade-router-tiny", "opensearch": "splade-opensearch-tiny", "pair": "splade-pair-tiny"}
+
+
+@pytest.fixture(scope="session")
+def sides_server(tmp_path_factory):
+    """The three asymmetric fixtures served side by side in one tritonserver."""
+    missing = [name for name in SIDES_PIPELINES.values() if not (MODELS / name / "export_info.json").is_file()]
+    if missing:
+        pytest.fail(f"the asymmetric fixtures are not exported ({', '.join(missing)}): run script/setup")
+    pipelines = [Pipeline(name, "splade", MODELS / folder) for name, folder in SIDES_PIPELINES.items()]
+    repository = assemble(tmp_path_factory.mktemp("sides") / "model_repository", pipelines)
+    with running(repository, tmp_path_factory.mktemp("sides_triton") / "server.log") as srv:
+        yield srv

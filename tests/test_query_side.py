@@ -16,25 +16,14 @@ import pytest
 
 from client.cli import main
 from client.corpus import load_beir
-from splade_triton.artifacts.repository import Pipeline, assemble
 from tests import triton
-from tests.conftest import ROOT, running
+from tests.conftest import SIDES_PIPELINES
 
-MODELS = ROOT / "build" / "models"
-PIPELINES = {"router": "splade-router-tiny", "opensearch": "splade-opensearch-tiny", "pair": "splade-pair-tiny"}
+PIPELINES = SIDES_PIPELINES
 BEIR = Path(__file__).parent / "fixtures" / "beir_tiny"
 VOCAB = 30522
 
 
-@pytest.fixture(scope="module")
-def sides_server(tmp_path_factory):
-    missing = [name for name in PIPELINES.values() if not (MODELS / name / "export_info.json").is_file()]
-    if missing:
-        pytest.fail(f"the asymmetric fixtures are not exported ({', '.join(missing)}): run script/setup")
-    pipelines = [Pipeline(name, "splade", MODELS / folder) for name, folder in PIPELINES.items()]
-    repository = assemble(tmp_path_factory.mktemp("query_side") / "model_repository", pipelines)
-    with running(repository, tmp_path_factory.mktemp("query_side_triton") / "server.log") as srv:
-        yield srv
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:

@@ -27,13 +27,11 @@ import numpy as np
 import pytest
 
 from splade_triton.artifacts import asymmetric
-from splade_triton.artifacts.repository import Pipeline, assemble
 from splade_triton.artifacts.texts import VARIED_TEXTS
 from tests import triton
-from tests.conftest import ROOT, running
+from tests.conftest import MODELS, SIDES_PIPELINES
 
-MODELS = ROOT / "build" / "models"
-PIPELINES = {"router": "splade-router-tiny", "opensearch": "splade-opensearch-tiny", "pair": "splade-pair-tiny"}
+PIPELINES = SIDES_PIPELINES
 
 
 def distinct_words(n: int) -> str:
@@ -51,15 +49,6 @@ LONG = distinct_words(700)  # past every side's max_length
 TEXTS = [*VARIED_TEXTS, "[CLS] a literal [MASK] token", LONG]
 
 
-@pytest.fixture(scope="module")
-def sides_server(tmp_path_factory):
-    missing = [name for name in PIPELINES.values() if not (MODELS / name / "export_info.json").is_file()]
-    if missing:
-        pytest.fail(f"the asymmetric fixtures are not exported ({', '.join(missing)}): run script/setup")
-    pipelines = [Pipeline(name, "splade", MODELS / folder) for name, folder in PIPELINES.items()]
-    repository = assemble(tmp_path_factory.mktemp("sides") / "model_repository", pipelines)
-    with running(repository, tmp_path_factory.mktemp("sides_triton") / "server.log") as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
