@@ -208,6 +208,8 @@ def export_bge_m3(args) -> Path:
                 "opset": args.opset,
                 "outputs": list(bge_m3.OUTPUTS),
                 "hidden_size": int(config.hidden_size),
+                # With hidden_size: the head width that sizes the encoder's attention memory.
+                "num_attention_heads": int(config.num_attention_heads),
                 "max_position_embeddings": positions,
                 "max_length": max_length,
                 "special_ids": bge_m3.special_ids(tokenizer),

@@ -249,6 +249,19 @@ def _bound_lengths(pipeline: Pipeline, kind: dict, configs: dict[str, model_conf
             config.parameters[name].string_value = str(length)
 
 
+def _limit_texts(pipeline: Pipeline, kind: dict, configs: dict[str, model_config_pb2.ModelConfig]) -> None:
+    """The CPU encoder's ``max_text_tokens``: the tokenizer's longest side (unless the spec sets
+    it), so the encoder's budget check at load and its per-request check see the served length,
+    not only the model's positions."""
+    encoder = configs.get("encoder")
+    lengths = [int(configs[step].parameters[name].string_value) for step, names in kind.get("lengths", {}).items()
+               for name in names if name in configs[step].parameters]
+    if encoder is None or encoder.backend != "python" or not lengths:
+        return
+    if "max_text_tokens" not in _spec_parameters(pipeline, "encoder"):
+        encoder.parameters["max_text_tokens"].string_value = str(max(lengths))
+
+
 def pipeline_configs(pipeline: Pipeline, device: str = "cpu") -> dict[str, model_config_pb2.ModelConfig]:
     """Step -> served config: template, GPU variant, spec settings, lengths bounded by the model, served names."""
     kind = pipeline.kind_spec()
@@ -277,6 +290,7 @@ def pipeline_configs(pipeline: Pipeline, device: str = "cpu") -> dict[str, model
             ensemble_step.model_name = pipeline.model_name(ensemble_step.model_name)
         configs[step] = config
     _bound_lengths(pipeline, kind, configs, device)
+    _limit_texts(pipeline, kind, configs)
     return configs
 
 

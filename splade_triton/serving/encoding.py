@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from splade_triton.serving.batching import plan_chunks
+from splade_triton.serving.batching import plan_chunks, row_cost
 from splade_triton.serving.tokens import pad_segments
 
 __all__ = ["RaggedEncoder"]
@@ -15,7 +15,8 @@ class RaggedEncoder:
 
     Every text's padding is stripped, texts are regrouped by length across all
     requests and run in ONNX Runtime calls of at most ``max_batch_tokens``
-    (texts x padded length); results come back in request order.
+    (texts x padded length, each row weighed by ``batching.row_cost`` where the
+    runtime materialises attention); results come back in request order.
 
     A graph's outputs are per text (``[n, ...]``: SPLADE's pooled logits,
     BGE-M3's dense vector) or per token: ``token_outputs`` names those, each
@@ -26,9 +27,12 @@ class RaggedEncoder:
     token order, zeros after them, whatever the text was batched with.
     """
 
-    def __init__(self, session, max_batch_tokens: int, token_outputs: dict[str, int] | None = None):
+    def __init__(self, session, max_batch_tokens: int, token_outputs: dict[str, int] | None = None,
+                 attention: int = 0):
         self.session = session
         self.max_batch_tokens = max_batch_tokens
+        # > 0: the runtime holds each text's attention scores (batching.attention_length).
+        self.attention = attention
         self.output_names = [o.name for o in session.get_outputs()]
         self.token_outputs = dict(token_outputs or {})
         unknown = sorted(set(self.token_outputs) - set(self.output_names))
@@ -96,7 +100,7 @@ class RaggedEncoder:
             return []
         if len(batches) == 1:
             ids, mask = batches[0]
-            if ids.shape[0] * ids.shape[1] <= self.max_batch_tokens and mask.all():
+            if ids.shape[0] * row_cost(ids.shape[1], self.attention) <= self.max_batch_tokens and mask.all():
                 # One request without padding (a lone text): nothing to regroup.
                 feeds = {"input_ids": ids.astype(np.int64, copy=False), "attention_mask": mask.astype(np.int64, copy=False)}
                 out = {}
@@ -122,7 +126,7 @@ class RaggedEncoder:
             np.cumsum(count[:-1], out=token_starts[name][1:])
         per_text: dict[str, np.ndarray] = {}
         per_token: dict[str, np.ndarray] = {}
-        for chunk in plan_chunks(lengths, self.max_batch_tokens):
+        for chunk in plan_chunks(lengths, self.max_batch_tokens, attention=self.attention):
             ids, mask = pad_segments(flat, starts[chunk], lengths[chunk])
             values = self.session.run(names, {"input_ids": ids, "attention_mask": mask})
             for name, value in zip(names, values):

@@ -14,9 +14,13 @@ graph itself (``probe_max_length``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["check_tokens", "probe_max_length", "vocabulary_size", "max_length"]
+from splade_triton.serving.batching import row_cost
+
+__all__ = ["check_budget", "check_tokens", "head_dim", "probe_max_length", "vocabulary_size", "max_length"]
 
 # Longest text the probe tries: a graph that runs it is taken as unbounded.
 PROBE_CAP = 8192
@@ -46,7 +50,8 @@ def check_tokens(ids: np.ndarray, mask: np.ndarray, vocab_size: int | None, max_
         return f"text {int(np.argmax(counts == 0))} has no token with attention_mask 1; every text needs at least one"
     if max_length is not None and (counts > max_length).any():
         row = int(np.argmax(counts > max_length))
-        return f"text {row} has {int(counts[row])} tokens; the model's position embeddings allow at most {max_length}"
+        return (f"text {row} has {int(counts[row])} tokens; this encoder takes at most {max_length} "
+                f"(max_text_tokens: the tokenizer's longest side, within the model's position embeddings)")
     bad = keep & ((ids < 0) if vocab_size is None else ((ids < 0) | (ids >= vocab_size)))
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
@@ -117,3 +122,30 @@ def max_length(info: dict | None, session, vocab_size: int | None) -> int | None
         return length
     # The vocabulary's last id: not BERT's or XLM-R's padding (0, 1).
     return probe_max_length(session, (vocab_size or 3) - 1)
+
+
+def head_dim(info: dict | None) -> int:
+    """Width of one attention head (export_info.json ``hidden_size`` / ``num_attention_heads``);
+    64, BERT's and XLM-R's, where the export does not say."""
+    info = info or {}
+    hidden, heads = info.get("hidden_size"), info.get("num_attention_heads")
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads == 0:
+        return hidden // heads
+    return 64
+
+
+def check_budget(longest: int | None, attention: int, max_batch_tokens: int, runtime: str) -> None:
+    """Refuse (ValueError, for the load's log) a budget that the longest text this encoder
+    accepts would exceed on its own: that text would run over it, unbounded by the setting."""
+    if not longest:
+        return
+    need = math.ceil(row_cost(longest, attention))
+    if need <= max_batch_tokens:
+        return
+    why = (f"costs {need} token-equivalents on {runtime}, which holds each text's [heads, L, L] attention "
+           f"scores" if attention else f"is {longest} tokens")
+    raise ValueError(
+        f"max_batch_tokens {max_batch_tokens} is too small for the longest text this encoder accepts: "
+        f"{longest} tokens (max_text_tokens, else the model's position embeddings) {why}. Raise "
+        f"max_batch_tokens to {need}, lower the tokenizer's lengths (max_text_tokens follows them)"
+        + ("" if not attention else ", or serve runtime openvino (fused attention: memory linear in the length)"))

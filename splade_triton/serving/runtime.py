@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = [
     "RUNTIMES", "PRECISIONS", "ISA_FLAGS", "cpu_flags", "check_precision", "open_session", "OpenVINOSession",
-    "model_file", "check_fidelity",
+    "model_file", "check_fidelity", "fused_attention",
 ]
 
 RUNTIMES = ("onnxruntime", "openvino")
@@ -71,6 +71,12 @@ def check_precision(runtime: str, precision: str, flags: frozenset[str] | set[st
             f"({' or '.join(wanted)} in /proc/cpuinfo flags); without it {precision} is emulated, "
             f"slower than fp32. Use precision fp32."
         )
+
+
+def fused_attention(session) -> bool:
+    """Whether ``session`` runs attention without materialising its scores (OpenVINO on an
+    opset-23 graph). ONNX Runtime's CPU kernels hold them, for either opset."""
+    return bool(getattr(session, "fused_attention", False))
 
 
 def model_file(folder: str, onnx_file: str, precision: str) -> str:
@@ -148,6 +154,9 @@ class OpenVINOSession:
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         self.compiled = core.compile_model(model, "CPU", config)
+        # An ONNX Attention op (opset 23) arrives as OpenVINO's fused SDPA: no [heads, L, L]
+        # scores, memory linear in the length; MatMul/Softmax graphs keep the scores.
+        self.fused_attention = any(op.get_type_name() == "ScaledDotProductAttention" for op in model.get_ordered_ops())
         self.compile_count = 1
         self.precision = precision
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")

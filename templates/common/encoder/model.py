@@ -27,10 +27,11 @@ import triton_python_backend_utils as pb_utils
 # the stub puts the server's working directory first on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from splade_triton.serving.batching import attention_length
 from splade_triton.serving.encoding import RaggedEncoder
-from splade_triton.serving.limits import check_tokens, max_length, vocabulary_size
+from splade_triton.serving.limits import check_budget, check_tokens, head_dim, max_length, vocabulary_size
 from splade_triton.serving.params import Param, parse_text_options, read_model_parameters
-from splade_triton.serving.runtime import PRECISIONS, RUNTIMES, check_fidelity, model_file, open_session
+from splade_triton.serving.runtime import PRECISIONS, RUNTIMES, check_fidelity, fused_attention, model_file, open_session
 from splade_triton.serving.sides import read_export_info, read_sides
 
 _LEVELS = ("disable", "basic", "extended", "all")
@@ -42,6 +43,8 @@ PARAMETERS = {
     # enforce: a bf16 / int8 whose recorded fidelity gate failed is refused at load; warn: served, logged.
     "fidelity_gate": Param(str, "enforce", lambda v: v in ("enforce", "warn"), "enforce | warn"),
     "max_batch_tokens": Param(int, 8192, lambda v: v >= 1, "an integer >= 1"),
+    # Longest text accepted (0: the model's position embeddings); the assembly sets the tokenizer's longest side.
+    "max_text_tokens": Param(int, 0, lambda v: v >= 0, "an integer >= 0"),
     "intra_op_threads": Param(int, 0, lambda v: v >= 0, "an integer >= 0"),
     "allow_spinning": Param(bool, False),
     "graph_optimization_level": Param(str, "all", lambda v: v in _LEVELS, " | ".join(_LEVELS)),
@@ -84,11 +87,15 @@ class TritonPythonModel:
                              "has no int8 file: serve this model in fp32 or bf16")
         self.encoders, self.graph_outputs, self.bounds = {}, [], {}
         for graph in sorted(set(self.graph_of.values())):
-            self.encoders[graph], self.graph_outputs = self._open(folder, graph, declared)
+            self.encoders[graph], self.graph_outputs = self._open(folder, graph, declared, head_dim(info))
         # What each side's requests are checked against: (vocabulary size, longest text).
         for graph, encoder in self.encoders.items():
             vocab = vocabulary_size(info, encoder.session)
-            limits = (vocab, max_length(info, encoder.session, vocab))
+            longest = max_length(info, encoder.session, vocab)
+            if s["max_text_tokens"]:
+                longest = min(longest, s["max_text_tokens"]) if longest else s["max_text_tokens"]
+            check_budget(longest, encoder.attention, s["max_batch_tokens"], s["runtime"])
+            limits = (vocab, longest)
             self.bounds.update({name: limits for name, g in self.graph_of.items() if g == graph})
         self.static = {}
         for name, side in self.sides.items():
@@ -106,7 +113,7 @@ class TritonPythonModel:
             self.bounds[name] = (weights.shape[0], None)  # no positions: a weight per distinct token
             self.graph_outputs = declared
 
-    def _open(self, folder: str, graph: str, declared: list):
+    def _open(self, folder: str, graph: str, declared: list, head: int):
         s = self.settings
         path = model_file(folder, graph, s["precision"])
         session = open_session(path, s["runtime"], s["precision"], s["intra_op_threads"],
@@ -120,7 +127,8 @@ class TritonPythonModel:
             raise ValueError(f"{path} has outputs {sorted(outputs)}; this model's config declares {', '.join(missing)}")
         graph_outputs = [n for n in declared if n in outputs]
         encoder = RaggedEncoder(session, s["max_batch_tokens"],
-                                {n: d for n, d in TOKEN_OUTPUTS.items() if n in graph_outputs})
+                                {n: d for n, d in TOKEN_OUTPUTS.items() if n in graph_outputs},
+                                attention_length(head, fused_attention(session)))
         return encoder, graph_outputs
 
     def _read(self, request):
