@@ -188,9 +188,6 @@ def build(trt, args, profile, gpu, gpu_pipeline: GpuPipeline, graph: Path) -> di
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(graph)):
         errors = "; ".join(_parser_error(parser.get_error(i)) for i in range(parser.num_errors))
-        if "Attention" in errors:  # BGE-M3's default export (opset 23) for the CPU runtimes
-            errors += (f"; TensorRT {trt.__version__} has no importer for ONNX Attention (it has one from 10.14): "
-                       "export the model for this engine with python -m export.export_onnx --opset 18")
         raise BuildError(f"TensorRT could not parse {graph}: {errors}")
     _check_io(network, gpu_pipeline.outputs)
 
@@ -283,6 +280,20 @@ def build(trt, args, profile, gpu, gpu_pipeline: GpuPipeline, graph: Path) -> di
     }
 
 
+def refuse_fused_attention(onnx_path: Path) -> None:
+    """The engine is built from the unfused attention (MatMul/Softmax, its softmax pinned to FP32);
+    the image's TensorRT 10.8 cannot parse ONNX Attention ops (from 10.14 it can), which BGE-M3's
+    CPU export (opset 23) has."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    if any(node.op_type == "Attention" for node in graph.node):
+        raise BuildError(f"{onnx_path} computes attention with ONNX Attention ops (opset 23: the CPU export, whose "
+                         "OpenVINO attention is linear in memory); the engine is built from the unfused graph: export "
+                         "the model for it with python -m export.export_onnx --opset 18 --output DIR and name DIR in "
+                         "the pipeline spec")
+
+
 def dry_run(args, shapes: Shapes, profile, gpu_pipeline: GpuPipeline, graph: Path) -> None:
     import onnx
 
@@ -331,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         profile = engine_profile(shapes, args.opt_batch, args.opt_seq)
         if not args.onnx.is_file():
             raise BuildError(f"ONNX model not found: {args.onnx} (export it with python -m export.export_onnx)")
+        refuse_fused_attention(args.onnx)
         with tempfile.TemporaryDirectory(prefix="engine-graph-") as scratch:
             graph = engine_graph(args.onnx, gpu_pipeline.outputs, Path(scratch))
             if args.dry_run:

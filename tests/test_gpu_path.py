@@ -737,18 +737,35 @@ def test_the_engine_graph_links_external_data(tmp_path):
         add_derived_outputs(onnx.load(str(source / "model.onnx"), load_external_data=False), ["dense", "sparse"])
 
 
-def test_bge_m3_dry_run_prints_the_fp32_layers_of_its_graph(tmp_path):
+@pytest.fixture(scope="module")
+def m3_opset18(tmp_path_factory) -> Path:
+    """The tiny BGE-M3 exported as the GPU image needs it: opset 18, attention unfused."""
     m3_export_or_skip()
+    output = tmp_path_factory.mktemp("m3-opset18") / "bge-m3-tiny"
+    result = run_tool("-m", "export.export_onnx", "--model", str(ROOT / "build" / "models" / "bge-m3-tiny-src"),
+                      "--output", str(output), "--opset", "18", timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return output
+
+
+def test_bge_m3_dry_run_refuses_the_cpu_export_with_fused_attention(tmp_path):
+    m3_export_or_skip()
+    result = run_tool("-m", "export.build_engine", "--pipeline", m3_spec(tmp_path), "--dry-run")
+    assert result.returncode == 1
+    assert "ONNX Attention ops" in result.stderr and "--opset 18" in result.stderr
+
+
+def test_bge_m3_dry_run_prints_the_fp32_layers_of_its_graph(tmp_path, m3_opset18):
     import onnx
 
-    result = run_tool("-m", "export.build_engine", "--pipeline", m3_spec(tmp_path), "--dry-run")
+    result = run_tool("-m", "export.build_engine", "--pipeline", m3_spec(tmp_path, m3_opset18), "--dry-run")
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["pipeline"]["kind"] == "bge_m3"
     assert plan["engine_outputs"] == {"dense": "FLOAT", "token_weights": "FLOAT", "colbert": "FLOAT", "colbert_lengths": "INT32"}
     assert plan["profile"]["max"] == [64, 512] and plan["tokenizer_buckets"][-1] == 512  # the tiny export's 514 positions
     assert set(plan["fp32_layers"]) == set(DEFAULT_FP32["bge_m3"])
-    model = onnx.load(str(BGE_M3_TINY / "model.onnx"))
+    model = onnx.load(str(m3_opset18 / "model.onnx"))
     ops = {n.name: n.op_type for n in model.graph.node}
     assert len(plan["fp32_layers"]["normalization"]) == list(ops.values()).count("LayerNormalization")
     assert len(plan["fp32_layers"]["softmax"]) == list(ops.values()).count("Softmax")
