@@ -13,10 +13,10 @@ Three ways to compute the same vectors, one after the other on the same cores:
 - flagembedding: ``BGEM3FlagModel(source, use_fp16=False, devices="cpu")``
   in a child process, ``encode(..., batch_size=--batch)``, torch on
   ``--threads`` threads;
-- ort: the exported graph in ONNX Runtime in a child process, ``--threads``
-  intra-op threads and the served encoder's session options, texts sorted by
-  length in batches of ``--batch``, tokenization and the lexical reduction
-  included.
+- ort ("bare"): the exported graph on ``--runtime`` (the served encoder's,
+  default openvino) in a child process, opened as the served encoder opens it
+  (``--threads`` threads), texts sorted by length in batches of ``--batch``,
+  tokenization and the lexical reduction included.
 
 Each reports passages/s (``--passages`` texts of ~150 tokens), colbert
 included or not, the CPU seconds spent per passage (served: tritonserver, its
@@ -168,7 +168,8 @@ def served(model: Path, args, texts: dict) -> dict:
 
     work = ROOT / "build" / "bench"
     work.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline("bge_m3", "bge_m3", model).with_step("encoder", parameters={"intra_op_threads": args.threads})
+    pipeline = Pipeline("bge_m3", "bge_m3", model).with_step(
+        "encoder", parameters={"intra_op_threads": args.threads, "runtime": args.runtime})
     repository = assemble(work / "bge_m3_repository", [pipeline])
     result: dict = {}
     started = time.perf_counter()
@@ -231,16 +232,11 @@ def served(model: Path, args, texts: dict) -> dict:
 # ---------------------------------------------------------------- in-process references (child processes)
 
 
-def _ort_session(model: Path, threads: int):
-    import onnxruntime as ort
+def _bare_session(model: Path, runtime: str, threads: int):
+    """The graph as the served encoder opens it (splade_triton.serving.runtime), in this process."""
+    from splade_triton.serving.runtime import open_session
 
-    options = ort.SessionOptions()
-    # The served encoder's settings (templates/bge_m3/encoder/config.pbtxt), threads pinned.
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(model / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    return open_session(str(model / "model.onnx"), runtime, "fp32", threads, False, "all")
 
 
 def phase_ort(model: Path, args, texts: dict) -> dict:
@@ -252,7 +248,7 @@ def phase_ort(model: Path, args, texts: dict) -> dict:
     # The served lengths: documents up to what the export serves, queries 512.
     tokenizer = load_tokenizer(model / "tokenizer.json", info["max_length"])
     query_tokenizer = load_tokenizer(model / "tokenizer.json", 512)
-    session = _ort_session(model, args.threads)
+    session = _bare_session(model, args.runtime, args.threads)
 
     def encode(tok, chunk, outputs):
         encodings = tok.encode_batch(chunk)
@@ -320,8 +316,9 @@ def phase_flag(source: Path, args, texts: dict) -> dict:
 def run_phase(phase: str, args, long: str = "") -> dict:
     """One in-process system in its own process (its own memory, its own threads)."""
     argv = [sys.executable, "-m", "bench.bge_m3", "--phase", phase, "--model", args.model, "--source", args.source,
-            "--passages", args.passages, "--queries", args.queries, "--batch", args.batch, "--threads", args.threads,
-            "--long", long, "--memory-cap-gib", args.memory_cap_gib]
+            "--passages", args.passages, "--queries", args.queries, "--batch", args.in_process_batch or args.batch,
+            "--threads", args.threads,
+            "--long", long, "--memory-cap-gib", args.memory_cap_gib, "--runtime", args.runtime]
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run(list(map(str, argv)), cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -350,12 +347,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=10, help="single-query requests for the p50")
     parser.add_argument("--batch", type=int, default=8, help="texts per request / per batch")
     parser.add_argument("--concurrency", type=int, default=2, help="served: requests in flight")
+    parser.add_argument("--in-process-batch", type=int, default=None,
+                        help="texts per batch of the in-process systems (default: --batch); e.g. --batch 1 "
+                             "--concurrency 4 --in-process-batch 8: single-passage requests against batches of 8")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="ORT intra-op / torch threads")
     parser.add_argument("--long", default=f"2048,4096,{LONG_TEXT_TOKENS}",
                         help="tokens of the long passages, comma-separated ('' skips them)")
     parser.add_argument("--memory-cap-gib", type=float, default=None,
                         help="address-space limit of the encoder stub and ORT processes (default: 3/4 of MemAvailable)")
     parser.add_argument("--systems", default="served,flagembedding,ort", help="comma-separated subset")
+    parser.add_argument("--runtime", choices=("onnxruntime", "openvino"), default="openvino",
+                        help="the served encoder's runtime and the bare ('ort') system's: the same graph on the same "
+                             "runtime, so their ratio is the serving stack's cost")
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--phase", choices=("ort", "ort-long", "flagembedding"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -376,8 +379,8 @@ def main(argv: list[str] | None = None) -> None:
 
     systems = [s for s in args.systems.split(",") if s]
     report = {"machine": machine(), "texts": texts["stats"],
-              "settings": {k: getattr(args, k) for k in ("passages", "queries", "batch", "concurrency", "threads", "long",
-                                                          "memory_cap_gib")},
+              "settings": {k: getattr(args, k) for k in ("passages", "queries", "batch", "concurrency", "in_process_batch",
+                                                          "runtime", "threads", "long", "memory_cap_gib")},
               "model": str(args.model.relative_to(ROOT) if ROOT in args.model.parents else args.model)}
     for system in systems:
         print(f"bench.bge_m3: {system} ...", file=sys.stderr, flush=True)
