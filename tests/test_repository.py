@@ -140,12 +140,7 @@ def test_the_assembled_repository_serves_from_a_copy_with_only_the_locked_runtim
             maps = Path(f"/proc/{stub.pid}/maps").read_text()
             loaded_from |= {line.split()[-1].split("/lib/python")[0] for line in maps.splitlines() if "_multiarray_umath" in line}
         assert loaded_from == {str(runtime)}, loaded_from
-        for protocol in ("http", "grpc"):
-            got = triton.encode(protocol, triton.client(protocol, srv), texts, outputs=("indices", "values", "tokens"))
-            want = triton.encode(protocol, triton.client(protocol, server), texts, outputs=("indices", "values", "tokens"))
-            for name in ("indices", "tokens"):
-                np.testing.assert_array_equal(got[name], want[name])
-            np.testing.assert_allclose(got["values"], want["values"], atol=1e-6)
+        triton.assert_serves_alike(srv, server, texts)
 
 
 def test_export_can_install_into_a_repository_through_the_pipeline_specs(tmp_path, capsys):

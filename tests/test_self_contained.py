@@ -14,11 +14,9 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from splade_triton.artifacts.repository import assemble
 from tests import triton
-from tests.conftest import ROOT, Server, bge_m3_pipeline, default_pipeline
+from tests.conftest import ROOT, Server, bge_m3_pipeline, default_pipeline, running
 
 BROKEN = "this copy of splade_triton.serving is broken on purpose"
 
@@ -65,16 +63,6 @@ def test_intact_copies_serve_outside_the_checkout_whatever_the_working_directory
         (workdir / package / "__init__.py").write_text(f"raise ImportError({BROKEN!r})\n")
     assert ROOT not in copy.parents and ROOT not in workdir.parents
 
-    texts = ["what is the capital of france", "", "naïve café — 東京"]
-    srv = Server(copy, tmp_path / "server.log", cwd=workdir)
-    try:
-        srv.wait_ready()
+    with running(copy, tmp_path / "server.log", cwd=workdir) as srv:
         assert BROKEN not in srv.log()
-        for protocol in ("http", "grpc"):
-            got = triton.encode(protocol, triton.client(protocol, srv), texts, outputs=("indices", "values", "tokens"))
-            want = triton.encode(protocol, triton.client(protocol, server), texts, outputs=("indices", "values", "tokens"))
-            for name in ("indices", "tokens"):
-                np.testing.assert_array_equal(got[name], want[name])
-            np.testing.assert_allclose(got["values"], want["values"], atol=1e-6)
-    finally:
-        srv.stop()
+        triton.assert_serves_alike(srv, server, ["what is the capital of france", "", "naïve café — 東京"])

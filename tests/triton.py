@@ -60,3 +60,13 @@ def densify(indices: np.ndarray, values: np.ndarray, vocab_size: int) -> np.ndar
         keep = idx >= 0
         dense[row, idx[keep]] = val[keep]
     return dense
+
+
+def assert_serves_alike(server, reference_server, texts) -> None:
+    """``server`` answers ``texts`` as ``reference_server`` does (splade: indices, tokens, values), over HTTP and gRPC."""
+    for protocol in ("http", "grpc"):
+        got = encode(protocol, client(protocol, server), texts, outputs=("indices", "values", "tokens"))
+        want = encode(protocol, client(protocol, reference_server), texts, outputs=("indices", "values", "tokens"))
+        for name in ("indices", "tokens"):
+            np.testing.assert_array_equal(got[name], want[name])
+        np.testing.assert_allclose(got["values"], want["values"], atol=1e-6)
