@@ -65,11 +65,11 @@ def test_a_distribution_off_the_lock_is_reported(tmp_path):
 
 
 def pip_invocations() -> list[tuple[str, str]]:
-    """(file, command) of every pip install / download in script/ and bench/."""
+    """(file, command) of every pip install / download in script/, docker/ and bench/."""
     found = []
-    for path in sorted((ROOT / "script").iterdir()):
-        # Shell: one logical line per command (backslash continuations joined).
-        for line in path.read_text().replace("\\\n", " ").splitlines():
+    for path in [*sorted((ROOT / "script").iterdir()), *sorted((ROOT / "docker").glob("Dockerfile*"))]:
+        # Shell: one logical line per command (backslash continuations joined, `&&` chains split).
+        for line in re.split(r"\n|&&", path.read_text().replace("\\\n", " ")):
             if re.search(r"\bpip3?\"?\s+(install|download)\b", line) and not line.lstrip().startswith("#"):
                 found.append((path.name, line.strip()))
     for path in sorted((ROOT / "bench").glob("*.py")):
@@ -83,7 +83,7 @@ def pip_invocations() -> list[tuple[str, str]]:
 def test_every_pip_install_checks_hashes():
     invocations = pip_invocations()
     names = {name for name, _ in invocations}
-    assert {"setup", "run.py"} <= names, invocations  # the scan finds the ones known to exist
+    assert {"setup", "run.py", "Dockerfile"} <= names, invocations  # the scan finds the ones known to exist
     unhashed = [(name, command) for name, command in invocations if "--require-hashes" not in command]
     assert not unhashed, f"pip without --require-hashes: {unhashed}"
     # perf_analyzer's wheel: pinned with its hash in requirements/perf-analyzer.txt.

@@ -195,10 +195,10 @@ def pins(path: Path) -> dict[str, str]:
     found = {}
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
-        if line:
+        if line and not line.startswith("--hash"):
             name, _, pinned = line.partition("==")
             assert pinned, f"{path.name}: {line!r} is not pinned with =="
-            found[re.sub(r"\[.*\]", "", name).strip().lower().replace("_", "-")] = pinned.strip()
+            found[re.sub(r"\[.*\]", "", name).strip().lower().replace("_", "-")] = pinned.split()[0]
     return found
 
 
@@ -448,7 +448,7 @@ def run_tool(*args, env=None, timeout=120):
 
 
 def has_tensorrt() -> bool:
-    return importlib.util.find_spec("tensorrt") is not None
+    return any(importlib.util.find_spec(name) is not None for name in ("tensorrt", "tensorrt_bindings"))
 
 
 def has_gpu() -> bool:

@@ -137,6 +137,16 @@ def runtime() -> dict:
     return found
 
 
+def import_tensorrt():
+    """TensorRT's Python module: ``tensorrt`` (NVIDIA's meta package) or, as the GPU image
+    installs it, the bindings wheel alone over the base image's TensorRT libraries."""
+    try:
+        import tensorrt
+    except ImportError:
+        import tensorrt_bindings as tensorrt
+    return tensorrt
+
+
 def require_tensorrt(tool: str, *extra):
     """(the ``tensorrt`` module, GPU info, results of ``extra``), or exit status 3 with one line.
 
@@ -145,7 +155,7 @@ def require_tensorrt(tool: str, *extra):
     """
     problems, trt, gpu = [], None, None
     try:
-        import tensorrt as trt
+        trt = import_tensorrt()
     except Exception as e:  # ImportError, or OSError when its libraries are missing
         problems.append(f"TensorRT is not installed (import tensorrt: {str(e).splitlines()[0] if str(e) else type(e).__name__})")
     try:
