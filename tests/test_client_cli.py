@@ -313,26 +313,21 @@ def test_encode_skips_a_refused_record_and_writes_every_other_once(capsys, tmp_p
         v.to_native() for v in expected]
 
 
-def test_encode_on_error_stop_ends_at_the_refused_record(capsys, tmp_path, grpc_url):
+@pytest.mark.parametrize("flags, message, written", [
+    # --on-error stop: every record before the refused one, nothing after.
+    (("--on-error", "stop"), "error: record 'big' was refused by the server: ", ["a"]),
+    # A setting the server refuses is one error for the run, not one per record.
+    (("--top-k", "-3"), "error: in ensemble 'splade', top_k must be an integer", []),
+], ids=["on_error_stop_ends_at_the_refused_record", "a_refused_setting_is_not_blamed_on_each_record"])
+def test_encode_stops_with_one_line(capsys, tmp_path, grpc_url, flags, message, written):
     corpus, out = tmp_path / "corpus.jsonl", tmp_path / "vectors.jsonl"
     refused_corpus(corpus)
     code, _, err = cli(capsys, "encode", "--url", grpc_url, "--input", str(corpus), "--output", str(out),
-                       "--on-error", "stop", "--progress", "off")
+                       *flags, "--progress", "off")
     assert code == 1
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: record 'big' was refused by the server: "), err
-    assert output_ids(out) == ["a"]  # every record before it, nothing after
-
-
-def test_a_refused_setting_is_not_blamed_on_each_record(capsys, tmp_path, grpc_url):
-    corpus, out = tmp_path / "corpus.jsonl", tmp_path / "vectors.jsonl"
-    refused_corpus(corpus)
-    code, _, err = cli(capsys, "encode", "--url", grpc_url, "--input", str(corpus), "--output", str(out),
-                       "--top-k", "-3", "--progress", "off")
-    assert code == 1
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: in ensemble 'splade', top_k must be an integer"), err
-    assert output_ids(out) == []
+    assert len(lines) == 1 and lines[0].startswith(message), err
+    assert output_ids(out) == written
 
 
 def failures(server, model: str = "splade") -> float:
