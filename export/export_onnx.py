@@ -105,7 +105,7 @@ def install(output: Path, repository: Path) -> None:
                          f"(see pipelines/*.toml: kind and model) and run this again, or assemble by hand")
     try:
         assemble(repository, pipelines)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: a missing file, an output that is not a directory
         raise SystemExit(f"export_onnx: assembling {repository}: {e}") from None
     print(f"assembled {repository}: pipeline(s) {', '.join(serving)} serve {output} "
           f"(restart a server running on it: script/serve)")
