@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from splade_triton.serving.batching import plan_chunks
+from splade_triton.serving.batching import CALL_TOKENS, plan_chunks
 
 
 def test_short_texts_are_not_padded_to_a_long_one():
@@ -21,8 +21,36 @@ def test_short_texts_beside_a_long_documents_windows_run_on_their_own():
     short = {0, 1, 2, 3, 102}
     assert any(set(c.tolist()) == short for c in chunks)
     assert all(set(c.tolist()) <= short or not set(c.tolist()) & short for c in chunks)
-    # Gradual lengths are not split by it: one chunk within the budget.
-    assert len(plan_chunks(list(range(10, 60)), max_batch_tokens=8192)) == 1
+    # Lengths a few tokens apart are not worth another call: one chunk.
+    assert len(plan_chunks([100, 101, 103, 104] * 10, max_batch_tokens=8192)) == 1
+
+
+def _cost(lengths, chunks):
+    return sum(len(c) * max(lengths[i] for i in c) + CALL_TOKENS for c in chunks)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_plan_is_the_cheapest_cut_of_the_sorted_lengths(seed):
+    # Every way to cut 9 sorted lengths into consecutive chunks (2^8), against the plan.
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 400, size=9).tolist()
+    budget = 1200
+    ordered = sorted(range(9), key=lambda i: lengths[i])
+    best = float("inf")
+    for mask in range(2**8):
+        cuts = [0] + [k + 1 for k in range(8) if mask >> k & 1] + [9]
+        chunks = [ordered[a:b] for a, b in zip(cuts, cuts[1:])]
+        if all(len(c) == 1 or len(c) * max(lengths[i] for i in c) <= budget for c in chunks):
+            best = min(best, _cost(lengths, chunks))
+    assert _cost(lengths, [c.tolist() for c in plan_chunks(lengths, budget)]) == best
+
+
+def test_padding_is_cut_where_it_costs_more_than_a_call():
+    # 10..59 tokens: one call padded to 59 wastes 1225 tokens; a few calls waste far fewer.
+    lengths = list(range(10, 60))
+    chunks = plan_chunks(lengths, max_batch_tokens=8192)
+    assert 1 < len(chunks) < len(lengths)
+    assert _cost(lengths, chunks) < len(lengths) * 59 + CALL_TOKENS
 
 
 @pytest.mark.parametrize("budget,max_size", [(1, 0), (64, 0), (1000, 0), (1000, 7), (10**6, 3)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ATTENTION_TOKENS_PER_HEAD_DIM", "attention_length", "plan_chunks", "row_cost"]
+__all__ = ["ATTENTION_TOKENS_PER_HEAD_DIM", "CALL_TOKENS", "attention_length", "plan_chunks", "row_cost"]
 
 # Where a runtime materialises the [heads, L, L] attention scores, a text's memory
 # is about L x (per-token activations) + L^2 x heads x 4 bytes. The two terms are
@@ -25,27 +25,29 @@ def row_cost(length, attention: int = 0):
     is materialised (``attention`` > 0: ``attention_length``) its quadratic scores on top."""
     return length * (1 + length / attention) if attention else length
 
-# A jump smaller than this many tokens costs too little padding to be worth another call.
-_JUMP_TOKENS = 16
+# A call costs about as much as this many more tokens of padding: a chunk is cut
+# where the padding it saves is worth more. Measured on splade-tiny, 2 cores:
+# executions of 22 passages of 102-132 tokens ran 5-10% faster cut at 32, 64 or
+# 128 than as one padded call, and 20% slower cut into one text per call.
+CALL_TOKENS = 64
 
 
 def plan_chunks(lengths, max_batch_tokens: int, max_batch_size: int = 0, attention: int = 0) -> list[np.ndarray]:
-    """Group texts of similar length into chunks bounded by a token budget.
+    """Group texts of similar length into runtime calls bounded by a token budget.
 
-    Texts are sorted by length, then cut greedily so that each chunk, padded to
-    its longest text, holds at most ``max_batch_tokens`` tokens (and at most
+    Texts are sorted by length and cut into consecutive chunks, each padded to
+    its longest text, so that padded tokens plus ``CALL_TOKENS`` per call are
+    fewest (an exact dynamic programme over the cut points), under two
+    bounds: a chunk holds at most ``max_batch_tokens`` tokens (and at most
     ``max_batch_size`` texts when that is > 0). Where the runtime materialises
     attention (``attention`` > 0, see ``attention_length``) a row costs
-    ``row_cost``: a long text takes more of the budget than its tokens, so
-    memory stays bounded by the budget whatever the lengths. This is TEI's max-batch-tokens
-    idea: forty short queries and one 512-token passage become a chunk of
-    forty short rows and a chunk of one long row, not a 41 x 512 batch. A text
-    longer than the budget still runs, alone.
-
-    Nor does a chunk cross a jump in length (a row more than twice as long as
-    the one before it, and 16 tokens longer): four queries that fit the budget
-    beside a long document's 512-token windows still run on their own, not
-    padded to 512 (the budget alone would have packed them together).
+    ``row_cost`` of the budget: a long text takes more of it than its tokens,
+    so memory stays bounded by the budget whatever the lengths. This is TEI's
+    max-batch-tokens idea, plus the padding: forty short queries and one
+    512-token passage become a chunk of forty short rows and a chunk of one
+    long row, not a 41 x 512 batch, and four queries beside a long document's
+    512-token windows run on their own even where the budget would fit them
+    in. A text longer than the budget still runs, alone.
 
     Returns the positions (into ``lengths``) of each chunk, shortest first.
     """
@@ -54,20 +56,23 @@ def plan_chunks(lengths, max_batch_tokens: int, max_batch_size: int = 0, attenti
     lengths = np.asarray(lengths, dtype=np.int64)
     order = np.argsort(lengths, kind="stable")
     ordered = lengths[order]
+    n = ordered.size
+    # Most rows a chunk ending at each row may hold: the budget at that row's padded cost.
+    most = np.maximum(max_batch_tokens // row_cost(ordered.astype(np.float64), attention), 1).astype(np.int64)
+    if max_batch_size:
+        most = np.minimum(most, max_batch_size)
+    # cost[j]: the cheapest plan of the j shortest rows; cut[j]: where its last chunk starts.
+    cost = np.zeros(n + 1)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        first = max(j - int(most[j - 1]), 0)
+        starts = np.arange(first, j)
+        total = cost[first:j] + (j - starts) * ordered[j - 1] + CALL_TOKENS
+        best = int(np.argmin(total))  # ties: the earliest start, the fewest calls
+        cost[j], cut[j] = total[best], first + best
     chunks: list[np.ndarray] = []
-    # Segments between jumps in length; chunks are cut within each.
-    jumps = np.flatnonzero(ordered[1:] > 2 * ordered[:-1] + _JUMP_TOKENS) + 1
-    for first, end in zip([0, *jumps.tolist()], [*jumps.tolist(), order.size]):
-        start = first
-        while start < end:
-            # Sorted ascending, so a chunk of k texts from ``start`` pads to
-            # ordered[start + k - 1]: its size k * that length grows with k, and
-            # the largest k within the budget is one binary search (a loop per
-            # chunk, not per text).
-            padded = np.arange(1, end - start + 1) * row_cost(ordered[start:end].astype(np.float64), attention)
-            take = max(int(np.searchsorted(padded, max_batch_tokens, side="right")), 1)
-            if max_batch_size:
-                take = min(take, max_batch_size)
-            chunks.append(order[start : start + take])
-            start += take
-    return chunks
+    end = n
+    while end:
+        chunks.append(order[cut[end] : end])
+        end = cut[end]
+    return chunks[::-1]
