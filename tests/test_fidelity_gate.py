@@ -49,7 +49,7 @@ def test_bge_m3_outputs_are_gated_on_dense_lexical_and_colbert(bge_m3):
 
     cases = {"colbert": (one_token_off, "ColBERT token cosine"),
              "dense": (lambda d: np.roll(d, 1, axis=1), "dense cosine"),
-             "token_weights": (lambda w: w[::-1].copy(), "top-50 recall")}
+             "token_weights": (lambda w: w[::-1].copy(), "top-50 weight recall")}
     for name, (change, failure) in cases.items():
         figures = gate_outputs("bge_m3", batches, reference, _changed(reference, name, change), special, vocab)
         assert figures["gate"] == "fail", name

@@ -373,6 +373,23 @@ def test_compare_weights_counts_top_terms():
     assert report["min_text_recall"] == pytest.approx(45 / 50)
     assert report["topk_recall"] == pytest.approx((3 * 50 + 45) / 200)
     assert report["texts_below_full_recall"] == 1
+    lost = reference[0, top_terms(reference, 50)[0][:5]].sum()
+    assert report["min_text_mass_recall"] == pytest.approx(1 - lost / reference[0, top_terms(reference, 50)[0]].sum())
+
+
+def test_the_weight_recall_counts_a_term_by_what_it_weighs():
+    # A short text: 20 non-zero terms, one of them near 0. Losing that one costs 1/20 of
+    # the terms but almost none of the weight; losing the heaviest costs its weight.
+    reference = np.zeros((1, 100), np.float32)
+    reference[0, :20] = np.linspace(2.0, 1.0, 20)
+    reference[0, 19] = 0.003
+    light, heavy = reference.copy(), reference.copy()
+    light[0, 19] = 0.0
+    heavy[0, 0] = 0.0
+    light_report, heavy_report = compare_weights(reference, light), compare_weights(reference, heavy)
+    assert light_report["min_text_recall"] == heavy_report["min_text_recall"] == pytest.approx(19 / 20)
+    assert light_report["min_text_mass_recall"] > 0.999
+    assert heavy_report["min_text_mass_recall"] == pytest.approx(1 - 2.0 / reference.sum())
 
 
 def test_validation_texts_are_varied_and_cover_the_buckets():

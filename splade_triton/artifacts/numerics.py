@@ -91,20 +91,30 @@ def compare_weights(reference: np.ndarray, candidate: np.ndarray, k: int = 50) -
     mean absolute difference, and the recall of each text's top-``k`` terms:
     of the reference's top k (its non-zero terms if fewer), the share also in
     the candidate's top k. ``topk_recall`` pools all texts (terms kept / terms
-    expected); ``min_text_recall`` is the worst text's.
+    expected); ``min_text_recall`` is the worst text's. ``topk_mass_recall`` /
+    ``min_text_mass_recall``: the same, each term counted by its reference
+    weight (the share of the top k's weight kept): a sparse dot product loses
+    a dropped term's weight, so a term of weight 0.003 dropped to 0, or two
+    terms 0.1% apart swapped at the k-th place, cost what they are worth there,
+    not a whole term each.
     """
     if reference.shape != candidate.shape:
         raise ValueError(f"shapes differ: {reference.shape} vs {candidate.shape}")
     diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
     expected_total = kept_total = 0
-    recalls = []
-    for ref, cand in zip(top_terms(reference, k), top_terms(candidate, k)):
+    mass_expected = mass_kept = 0.0
+    recalls, mass_recalls = [], []
+    for row, ref, cand in zip(reference, top_terms(reference, k), top_terms(candidate, k)):
         if ref.size == 0:
             continue
-        kept = np.intersect1d(ref, cand, assume_unique=True).size
+        kept = np.intersect1d(ref, cand, assume_unique=True)
         expected_total += ref.size
-        kept_total += kept
-        recalls.append(kept / ref.size)
+        kept_total += kept.size
+        recalls.append(kept.size / ref.size)
+        weight, weight_kept = float(row[ref].sum(dtype=np.float64)), float(row[kept].sum(dtype=np.float64))
+        mass_expected += weight
+        mass_kept += weight_kept
+        mass_recalls.append(weight_kept / weight)
     return {
         "texts": int(reference.shape[0]),
         "k": k,
@@ -112,6 +122,8 @@ def compare_weights(reference: np.ndarray, candidate: np.ndarray, k: int = 50) -
         "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
         "topk_recall": kept_total / expected_total if expected_total else 1.0,
         "min_text_recall": min(recalls) if recalls else 1.0,
+        "topk_mass_recall": mass_kept / mass_expected if mass_expected else 1.0,
+        "min_text_mass_recall": min(mass_recalls) if mass_recalls else 1.0,
         "texts_below_full_recall": int(sum(r < 1.0 for r in recalls)),
         "texts_without_terms": int(reference.shape[0] - len(recalls)),
         "nonzero_mismatches": int(((reference > 0) != (candidate > 0)).sum()),
