@@ -1,0 +1,84 @@
+"""What the serving stack costs: the `splade` ensemble over gRPC against the bare graph in process.
+
+    .venv/bin/python -m bench.stack                                  # SPLADE-tiny passages
+    .venv/bin/python -m bench.stack --model bert-base-random --concurrency 16 --texts 48
+
+Both sides encode the same passages (~120 tokens) with the same exported
+graph on the same cores:
+
+- bare: ONNX Runtime in this process, ``--threads`` threads, texts tokenized
+  (tokenization included), sorted by length and run in batches of ``--batch``
+  (bench.run's ``ort_fused_bs*_grouped``);
+- served: perf_analyzer on ``splade`` over gRPC, ``--concurrency`` single-text
+  requests in flight, against the project's launcher (bench.run.Served).
+
+These VMs drift by 10-20% within minutes, more than the gap measured, so the
+two alternate ``--rounds`` times and each round's ratio is served / bare of
+that round; the median ratio is the figure. Per round it also prints where
+the CPU went per text served (tritonserver, each step's stub, perf_analyzer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from bench import workloads
+from bench.run import (
+    BUILD, ROOT, Served, batches, best_rate, ort_session, perf_analyzer, prepare_bert_base, prepare_repository,
+    run_perf_analyzer,
+)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("splade-tiny", "bert-base-random"), default="splade-tiny")
+    parser.add_argument("--texts", type=int, default=256, help="passages per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=64, help="served: requests in flight")
+    parser.add_argument("--batch", type=int, default=16, help="bare: texts per ONNX Runtime call")
+    parser.add_argument("--threads", type=int, default=2, help="bare: ONNX Runtime threads")
+    parser.add_argument("--interval-ms", type=int, default=4000, help="perf_analyzer measurement window")
+    parser.add_argument("--repository", type=Path, help="serve this repository instead (tuning variants)")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+
+    model_dir = ROOT / "models" / "splade-tiny" if args.model == "splade-tiny" else \
+        prepare_bert_base(BUILD / args.model / "model")
+    repository = args.repository or prepare_repository(args.model, model_dir)
+    tokenizer = workloads.load_tokenizer(repository / "splade_tokenizer" / "1" / "tokenizer.json")
+    texts = workloads.make(tokenizer, "passages", args.texts)
+    data = workloads.write_perf_analyzer_json(texts, BUILD / f"stack-{args.model}-passages.json")
+    session = ort_session(repository / "splade_encoder" / "1" / "model.onnx", args.threads)
+
+    def bare():
+        for feeds in batches(tokenizer, texts, args.batch, grouped=True):
+            session.run(None, feeds)
+
+    pa = perf_analyzer()
+    rounds = []
+    served = Served(repository, BUILD / f"stack-{args.model}-server.log")
+    try:
+        for i in range(args.rounds):
+            bare_rate = best_rate(bare, len(texts), repeat=1)
+            result = run_perf_analyzer(pa, served, "grpc", data, args.concurrency, args.interval_ms)
+            ratio = result["texts_per_s"] / bare_rate
+            rounds.append({"bare_texts_per_s": round(bare_rate, 1), "served_texts_per_s": round(result["texts_per_s"], 1),
+                           "ratio": round(ratio, 3), "cpu_ms_per_text": result["cpu_ms_per_text"]})
+            print(f"round {i + 1}: bare {bare_rate:.1f} texts/s, served {result['texts_per_s']:.1f} texts/s, "
+                  f"{ratio:.3f}x; CPU ms per text served {result['cpu_ms_per_text']}", flush=True)
+    finally:
+        served.stop()
+    median = statistics.median(r["ratio"] for r in rounds)
+    print(f"{args.model} passages ({len(texts)}, {workloads.mean_tokens(tokenizer, texts):.1f} tokens): "
+          f"served gRPC c={args.concurrency} / bare ORT bs{args.batch} grouped = {median:.3f}x (median of "
+          f"{len(rounds)} rounds)")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"model": args.model, "concurrency": args.concurrency, "batch": args.batch,
+                                             "rounds": rounds, "median_ratio": median}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
