@@ -306,12 +306,19 @@ def render(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# OpenVINO fp32 over ONNX Runtime fp32 (geometric mean of the shapes) that makes it the default.
+FASTER = 1.05
+
+
 def defaults(report: dict) -> list[str]:
     """The rule for the encoder's defaults, applied to this run's figures and the recorded gates."""
     lines = ["### Defaults", "",
-             "Rule (issue 11): OpenVINO fp32 becomes the default only at >= 1.1x ONNX Runtime fp32 everywhere "
-             "(identical vectors are tested); a lower precision only where it passes the fidelity gate on a trained "
-             "model (SPLADE-tiny, `python -m export.quantize`, recorded in its export_info.json) and is faster.", ""]
+             "Rule: the fp32 runtime of the SPLADE kind is the faster one over the shapes measured (the geometric "
+             "mean of OpenVINO / ONNX Runtime over queries and passages, in process and served, both models), "
+             f"OpenVINO where that mean is >= {FASTER:.2f}x (these VMs drift by about 5%: less is a tie, and the tie "
+             "keeps ONNX Runtime); both give the same vectors within 1e-4 (`python -m export.quantize` checks it). "
+             "A lower precision is never a default: it is served where it passes the fidelity gate on a trained "
+             "model (SPLADE-tiny, `python -m export.quantize`, recorded in its export_info.json) and is asked for.", ""]
     ratios, values = [], []
     for name, entry in report["models"].items():
         for kind in ("passages", "queries"):
@@ -330,9 +337,10 @@ def defaults(report: dict) -> list[str]:
     for key in ("openvino_bf16", "openvino_int8", "onnxruntime_dynamic_int8"):
         g = gates.get(key)
         if isinstance(g, dict) and "topk_recall" in g:
-            lines.append(f"- SPLADE-tiny gate, {key.replace('_', ' ')}: {g['gate']} (top-50 recall "
-                         f"{g['topk_recall']:.4f}, worst text {g['min_text_recall']:.4f}, nDCG@10 {g['ndcg10']:.4f} vs "
-                         f"fp32 {g['ndcg10_fp32']:.4f}).")
+            lines.append(f"- SPLADE-tiny gate, {key.replace('_', ' ')}: {g['gate']} (top-50 weight recall "
+                         f"{g.get('topk_mass_recall', float('nan')):.4f}, worst text "
+                         f"{g.get('min_text_mass_recall', float('nan')):.4f}; by term count {g['topk_recall']:.4f}, "
+                         f"worst {g['min_text_recall']:.4f}; nDCG@10 {g['ndcg10']:.4f} vs fp32 {g['ndcg10_fp32']:.4f}).")
     lines.append("- The retrieval fixture (tests/fixtures/beir_tiny: 40 documents on distinct topics) is easy: every "
                  "precision ranks it as fp32 does, so on it the nDCG@10 condition never decides; the term recalls do.")
     m3 = ROOT / "build" / "models" / "bge-m3-tiny" / "export_info.json"
@@ -346,10 +354,11 @@ def defaults(report: dict) -> list[str]:
         elif isinstance(g, dict):
             lines.append(f"- BGE-M3 tiny fixture, {key.replace('_', ' ')}: {g.get('gate')}: {g.get('reason', '')}")
     passed = [k for k in ("openvino_bf16", "openvino_int8") if isinstance(gates.get(k), dict) and gates[k].get("gate") == "pass"]
-    runtime = "openvino" if values and min(values) >= 1.1 else "onnxruntime"
+    mean = float(np.exp(np.mean(np.log(values)))) if values else 1.0
+    runtime = "openvino" if mean >= FASTER else "onnxruntime"
     lines += ["", f"Chosen: `runtime {runtime}`, `precision fp32` "
-              + (f"(OpenVINO fp32 reached >= 1.1x everywhere)" if runtime == "openvino" else
-                 f"(OpenVINO fp32 ranged {min(values):.2f}x-{max(values):.2f}x of ONNX Runtime: not >= 1.1x everywhere)" if values else "")
+              + (f"(OpenVINO fp32 / ONNX Runtime: geometric mean {mean:.2f}x, range {min(values):.2f}x-{max(values):.2f}x)"
+                 if values else "")
               + ("; no lower precision passed the gate on SPLADE-tiny, so none is a default: bf16 / int8 stay "
                  "opt-in (`precision`, with `fidelity_gate warn` for a model whose gate failed)" if not passed else
                  f"; {', '.join(passed)} passed the gate on SPLADE-tiny") + "."]
