@@ -19,7 +19,7 @@ from splade_triton.launcher import tritonserver
 from splade_triton.launcher.harness import Launched, NotReady, alive, free_port
 from splade_triton.launcher.stubs import StubProcess, parse_stub_argv
 from splade_triton.launcher.supervisor import Supervisor, dead_models
-from tests.conftest import ROOT, running
+from tests.conftest import ROOT, assemble_variant, running
 
 STUB = "/site/pytriton/tritonserver/backends/python/triton_python_backend_stub"
 
@@ -236,3 +236,16 @@ def test_the_gpu_image_starts_the_launcher():
     assert "exec tritonserver" not in entrypoint
     compose = (ROOT / "docker" / "compose.yaml").read_text()
     assert '"splade_triton.launcher", "check"' in compose
+
+
+def test_a_model_that_fails_to_load_ends_the_wait_at_once_naming_it(tmp_path):
+    repository = assemble_variant(tmp_path)
+    onnx = repository / "splade_encoder" / "1" / "model.onnx"
+    onnx.unlink()  # a hard link: replaced, never written through
+    onnx.write_bytes(b"not an onnx graph")
+    server = Launched(repository, tmp_path / "server.log", ready_timeout_s=600).start()
+    started = time.monotonic()
+    with pytest.raises(NotReady, match="a model failed to load: .*failed to load 'splade_encoder'"):
+        server.wait_ready()
+    assert time.monotonic() - started < 300  # the load's own time, not the 600 s deadline
+    assert not [p for p in server.seen_pids if alive(p)]

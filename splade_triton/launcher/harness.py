@@ -143,7 +143,7 @@ class Launched:
             self.seen_regions.add(stub.shm_region)
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
-        """Until /v2/health/ready; on exit or timeout, stop everything and raise NotReady."""
+        """Until /v2/health/ready; on exit, a model's load failure or timeout, stop everything and raise NotReady."""
         deadline = time.monotonic() + (self.ready_timeout_s if timeout_s is None else timeout_s)
         while True:
             self._track()
@@ -153,6 +153,11 @@ class Launched:
             if self.is_ready():
                 self._track()
                 return
+            # A model that failed to load never becomes ready: say so now, not at the deadline.
+            failure = next((line for line in self.log().splitlines() if "failed to load '" in line), None)
+            if failure:
+                self.stop(timeout_s=10)
+                raise NotReady(f"a model failed to load: {failure.strip()}\n{self.log()[-4000:]}")
             if time.monotonic() >= deadline:
                 self.stop(timeout_s=10)
                 raise NotReady(f"not ready after {self.ready_timeout_s} s:\n{self.log()[-4000:]}")
