@@ -165,8 +165,25 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _sections(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """(the text before its first "## " heading, [(heading line, the section)])."""
+    parts = ("\n" + text).split("\n## ")
+    return parts[0].strip("\n"), [(part.split("\n", 1)[0], "## " + part.rstrip("\n")) for part in parts[1:]]
+
+
+def write_sections(path: Path, text: str) -> None:
+    """Write ``text``'s "## " sections into ``path``: each replaces the section of the same
+    heading where it stood, a new one is appended, the file's other sections stay
+    (each bench command owns its sections of docs/benchmarks.md, not the file)."""
+    head, new = _sections(text)
+    old_head, old = _sections(path.read_text()) if path.is_file() else ("", [])
+    replaced = dict(new)
+    merged = [replaced.pop(heading, section) for heading, section in old] + list(replaced.values())
+    path.write_text("\n\n".join(filter(None, [head or old_head, *merged])) + "\n")
+
+
 def write(report: dict, out: Path) -> None:
-    (out / "benchmarks.md").write_text(markdown(report))
+    write_sections(out / "benchmarks.md", markdown(report))
     plot(report, out / "benchmarks.png")
     print(f"wrote {out / 'benchmarks.md'} and {out / 'benchmarks.png'}")
 

@@ -255,11 +255,9 @@ def main(argv=None) -> None:
     text = render(report)
     print(text)
     if args.write_docs:
-        docs = ROOT / "docs" / "benchmarks.md"
-        current = docs.read_text()
-        head, _, rest = current.partition(SECTION)
-        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-        docs.write_text(head.rstrip("\n") + "\n\n" + text + tail if rest else current.rstrip("\n") + "\n\n" + text)
+        from bench.report import write_sections
+
+        write_sections(ROOT / "docs" / "benchmarks.md", text)
 
 
 def render(report: dict) -> str:

@@ -16,16 +16,20 @@ These VMs drift by 10-20% within minutes, more than the gap measured, so the
 two alternate ``--rounds`` times and each round's ratio is served / bare of
 that round; the median ratio is the figure. Per round it also prints where
 the CPU went per text served (tritonserver, each step's stub, perf_analyzer).
+``--write-docs``: the section "Serving stack cost: MODEL" of docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import statistics
 from pathlib import Path
 
 from bench import workloads
+from bench.report import write_sections
 from bench.run import (
     BUILD, ROOT, Served, batches, best_rate, ort_session, perf_analyzer, prepare_bert_base, prepare_repository,
     run_perf_analyzer,
@@ -43,6 +47,7 @@ def main(argv=None) -> None:
     parser.add_argument("--interval-ms", type=int, default=4000, help="perf_analyzer measurement window")
     parser.add_argument("--repository", type=Path, help="serve this repository instead (tuning variants)")
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args(argv)
 
     model_dir = ROOT / "models" / "splade-tiny" if args.model == "splade-tiny" else \
@@ -58,6 +63,7 @@ def main(argv=None) -> None:
             session.run(None, feeds)
 
     pa = perf_analyzer()
+    load_start = os.getloadavg()
     rounds = []
     served = Served(repository, BUILD / f"stack-{args.model}-server.log")
     try:
@@ -71,6 +77,7 @@ def main(argv=None) -> None:
                   f"{ratio:.3f}x; CPU ms per text served {result['cpu_ms_per_text']}", flush=True)
     finally:
         served.stop()
+    load_end = os.getloadavg()
     median = statistics.median(r["ratio"] for r in rounds)
     print(f"{args.model} passages ({len(texts)}, {workloads.mean_tokens(tokenizer, texts):.1f} tokens): "
           f"served gRPC c={args.concurrency} / bare ORT bs{args.batch} grouped = {median:.3f}x (median of "
@@ -78,6 +85,31 @@ def main(argv=None) -> None:
     if args.json_out:
         args.json_out.write_text(json.dumps({"model": args.model, "concurrency": args.concurrency, "batch": args.batch,
                                              "rounds": rounds, "median_ratio": median}, indent=2) + "\n")
+
+
+    if args.write_docs:
+        write_sections(ROOT / "docs" / "benchmarks.md", section(args, rounds, median, load_start, load_end))
+
+
+def section(args, rounds: list[dict], median: float, load_start, load_end) -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    isa = ", ".join(sorted(f for f in flags if f.startswith(("avx512f", "avx512_bf16", "avx512_vnni", "amx_")))) or "no AVX-512"
+    command = (f"python -m bench.stack --model {args.model} --texts {args.texts} --concurrency {args.concurrency} "
+               f"--rounds {args.rounds} --interval-ms {args.interval_ms}")
+    stages = list(rounds[0]["cpu_ms_per_text"])
+    lines = [f"## Serving stack cost: {args.model}", "",
+             f"`{command}`, {datetime.date.today().isoformat()}, {cpu} ({os.cpu_count()} cores; {isa}); load average "
+             f"{load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end (the benchmark itself). Served: perf_analyzer "
+             f"gRPC, {args.concurrency} single-passage requests in flight; bare: ONNX Runtime in process, {args.threads} "
+             f"threads, tokenization included, texts sorted by length in batches of {args.batch}. Rounds alternate.",
+             "", f"**Served / bare: {median:.3f}x** (median of {len(rounds)} rounds).", "",
+             "| round | bare texts/s | served texts/s | served / bare | CPU ms per text served: " + ", ".join(stages) + " |",
+             "|---|---|---|---|---|"]
+    for i, r in enumerate(rounds, 1):
+        lines.append(f"| {i} | {r['bare_texts_per_s']} | {r['served_texts_per_s']} | {r['ratio']:.3f}x | "
+                     + ", ".join(f"{r['cpu_ms_per_text'][k]:.2f}" for k in stages) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
