@@ -42,7 +42,8 @@ from pathlib import Path
 
 from splade_triton.artifacts.fp32_layers import FP32_GROUPS, Fp32Selection, Layer, layers_from_onnx, select_fp32_layers
 from splade_triton.artifacts.gpu_probe import require_tensorrt
-from splade_triton.artifacts.provenance import PROVENANCE_FORMAT, file_sha256, provenance_path
+from splade_triton.artifacts.files import file_sha256
+from splade_triton.artifacts.provenance import PROVENANCE_FORMAT, provenance_path
 from splade_triton.artifacts.gpu_pipeline import DEFAULT_SPEC, GpuPipeline, engine_graph
 from splade_triton.artifacts.repository import ROOT
 from splade_triton.artifacts.shapes import ENCODER_INPUTS, Shapes, engine_profile

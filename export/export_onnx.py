@@ -46,12 +46,12 @@ the same directory (tolerance 1e-4, same non-zero terms).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import tempfile
 import time
 from pathlib import Path
 
 from splade_triton.artifacts import asymmetric, bge_m3, reference
+from splade_triton.artifacts.files import file_sha256
 from splade_triton.artifacts.onnx_graph import ExportError, export, validate, write_exported
 from splade_triton.artifacts.repository import assemble, default_pipelines
 from splade_triton.artifacts.texts import VARIED_TEXTS
@@ -135,7 +135,7 @@ def export_splade(args) -> Path:
                 "kind": "splade",
                 "source_model": args.model,
                 "opset": args.opset,
-                "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
+                "onnx_sha256": file_sha256(onnx_path),
                 # The MLM output width (the embedding's length) and the tokenizer's
                 # vocabulary: a model may pad its vocabulary beyond the tokenizer's.
                 "vocab_size": model_vocab,
@@ -216,8 +216,8 @@ def export_bge_m3(args) -> Path:
                 "vocab_size": int(config.vocab_size),
                 "tokenizer_vocab_size": len(tokenizer),
                 "external_data": external,
-                "onnx_sha256": bge_m3.file_sha256(onnx_path),
-                **({"onnx_data_sha256": bge_m3.file_sha256(data_path)} if external else {}),
+                "onnx_sha256": file_sha256(onnx_path),
+                **({"onnx_data_sha256": file_sha256(data_path)} if external else {}),
                 "validation": report,
             }
             output = write_exported(args.output or Path("build/models") / Path(args.model).name, onnx_path,

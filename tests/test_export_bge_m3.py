@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from splade_triton.artifacts import bge_m3
+from splade_triton.artifacts.files import file_sha256
 from splade_triton.artifacts.reference import CheckpointError
 from tests.conftest import MODEL_DIR, ROOT
 
@@ -79,7 +80,7 @@ def test_export_validates_against_flagembedding(exported):
     assert info["vocab_size"] == info["tokenizer_vocab_size"] > 100
     assert info["outputs"] == ["dense", "token_weights", "colbert"]
     assert info["external_data"] is False
-    assert info["onnx_sha256"] == bge_m3.file_sha256(output / "model.onnx")
+    assert info["onnx_sha256"] == file_sha256(output / "model.onnx")
     report = info["validation"]
     assert report["texts"] == len(bge_m3.VALIDATION_TEXTS) and report["truncated_texts"] >= 1
     for key in ("dense_max_abs_diff", "colbert_max_abs_diff", "lexical_max_abs_diff"):
@@ -152,7 +153,7 @@ def test_external_data_when_forced(fixture_dir, exported, tmp_path):
     assert sorted(p.name for p in output.iterdir()) == sorted([*EXPORTED, "model.onnx.data"])
     info = json.loads((output / "export_info.json").read_text())
     assert info["external_data"] is True
-    assert info["onnx_data_sha256"] == bge_m3.file_sha256(output / "model.onnx.data")
+    assert info["onnx_data_sha256"] == file_sha256(output / "model.onnx.data")
     # The weights are in the data file, and the graph reads them from beside itself.
     import onnx
 

@@ -551,7 +551,8 @@ def test_start_up_serves_a_matching_plan_without_building(tmp_path, fake_server)
     gpu_startup, found = fake_server
     if not ONNX.is_file():
         pytest.skip(f"{ONNX} is missing: run script/setup")
-    from splade_triton.artifacts.provenance import file_sha256, provenance_path
+    from splade_triton.artifacts.files import file_sha256
+    from splade_triton.artifacts.provenance import provenance_path
 
     plan = plan_folder(tmp_path / "engines", found) / "model.plan"
     plan.parent.mkdir(parents=True)
@@ -804,7 +805,8 @@ def test_without_tensorrt_a_bge_m3_build_exits_with_one_line(tmp_path):
 def test_start_up_serves_a_matching_bge_m3_plan_without_building(tmp_path, fake_server):
     gpu_startup, found = fake_server
     m3_export_or_skip()
-    from splade_triton.artifacts.provenance import file_sha256, provenance_path
+    from splade_triton.artifacts.files import file_sha256
+    from splade_triton.artifacts.provenance import provenance_path
 
     spec = m3_spec(tmp_path)
     settings = GpuPipeline.load(spec)

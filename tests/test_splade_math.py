@@ -78,3 +78,24 @@ def test_bad_options_are_refused(kwargs):
 def test_bad_shape_is_refused():
     with pytest.raises(ValueError, match="2-D"):
         sparsify(np.zeros(4, np.float32))
+
+
+def test_max_over_windows_takes_each_texts_max_across_its_rows():
+    from splade_triton.serving.splade import max_over_windows
+
+    rows = np.array([[1.0, 5.0], [3.0, 2.0], [0.5, 0.5], [7.0, -1.0], [2.0, 9.0]], np.float32)
+    # text 0: rows 0-1, text 1: row 2, text 2: rows 3-4
+    out = max_over_windows(rows, np.array([0, 0, 1, 2, 2]))
+    np.testing.assert_array_equal(out, [[3.0, 5.0], [0.5, 0.5], [7.0, 9.0]])
+    assert max_over_windows(rows, np.arange(5)) is rows  # one row per text: as it is
+    assert max_over_windows(rows, None) is rows
+
+
+def test_static_vectors_look_up_each_real_tokens_weight_once():
+    from splade_triton.serving.splade import static_vectors
+
+    weights = np.array([0.0, 0.5, 1.5, 2.5], np.float32)
+    ids = np.array([[1, 2, 2, 0], [3, 0, 0, 0]])
+    mask = np.array([[1, 1, 1, 0], [1, 0, 0, 0]])
+    out = static_vectors(weights, ids, mask)
+    np.testing.assert_array_equal(out, [[0.0, 0.5, 1.5, 0.0], [0.0, 0.0, 0.0, 2.5]])  # padding id 0 not counted

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import json
 import platform
 from collections import Counter
@@ -31,7 +30,7 @@ import random
 import sysconfig
 from pathlib import Path
 
-from splade_triton.artifacts.files import staged_directory
+from splade_triton.artifacts.files import file_sha256, staged_directory
 
 __all__ = ["build", "docstring_pairs"]
 
@@ -76,7 +75,7 @@ def docstring_pairs(stdlib: Path | None = None) -> list[dict]:
 
 
 def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 def build(output: Path, train: int | None = None, heldout: int = 400, distractors: int | None = None, seed: int = 12,

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import json
 import math
 import shutil
@@ -57,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from splade_triton.artifacts import reference
-from splade_triton.artifacts.files import staged_directory
+from splade_triton.artifacts.files import file_sha256, staged_directory
 from splade_triton.artifacts.onnx_graph import INPUTS, OUTPUT, ExportError
 from splade_triton.artifacts.texts import VARIED_TEXTS
 from splade_triton.serving.splade import activate
@@ -550,10 +549,6 @@ def validate(folder: Path, info: dict, layout: Layout, texts, tolerance: float) 
 # --- the export -----------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def export(model: str | Path, output: Path, opset: int = 18, tolerance: float = 1e-4,
            texts=VALIDATION_TEXTS) -> Path:
     """Export, validate and write a directory in one of LAYOUTS (see the module docstring)."""
@@ -599,9 +594,9 @@ def export(model: str | Path, output: Path, opset: int = 18, tolerance: float = 
             "layout": layout.kind,
             "source_model": str(model),
             "opset": opset,
-            "onnx_sha256": _sha256(files["model.onnx"]),
-            **({"query_onnx_sha256": _sha256(files["query.onnx"])} if "query.onnx" in files else {}),
-            **({"query_weights_sha256": _sha256(files["query_weights.npy"])} if "query_weights.npy" in files else {}),
+            "onnx_sha256": file_sha256(files["model.onnx"]),
+            **({"query_onnx_sha256": file_sha256(files["query.onnx"])} if "query.onnx" in files else {}),
+            **({"query_weights_sha256": file_sha256(files["query_weights.npy"])} if "query_weights.npy" in files else {}),
             "vocab_size": vocab_size,
             "tokenizer_vocab_size": tokenizer_vocab,
             "sides": sides,

@@ -28,7 +28,6 @@ benchmarks and the external-data path; the tokenizer stays small).
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,7 @@ from splade_triton.artifacts.reference import CheckpointError
 from splade_triton.artifacts.texts import VARIED_TEXTS
 
 __all__ = ["HEAD_FILES", "INPUTS", "OPSET", "OUTPUTS", "EXTERNAL_DATA_ABOVE", "VALIDATION_TEXTS", "build_fixture",
-           "export", "file_sha256", "graph_module", "is_layout", "lexical_dicts", "load", "long_text", "special_ids",
+           "export", "graph_module", "is_layout", "lexical_dicts", "load", "long_text", "special_ids",
            "validate", "validate_long"]
 
 INPUTS = ("input_ids", "attention_mask")
@@ -236,14 +235,6 @@ def export(encoder, sparse_linear, colbert_linear, path: Path, opset: int, exter
             optimize=True,
         )
     program.save(str(path), external_data=external_data)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 VALIDATION_TEXTS = [

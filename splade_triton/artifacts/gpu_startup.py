@@ -27,7 +27,8 @@ import sys
 from pathlib import Path
 
 from splade_triton.artifacts.gpu_probe import EXIT_UNAVAILABLE, Unavailable, missing_message, probe_gpu, probe_tensorrt_library, runtime
-from splade_triton.artifacts.provenance import expected_provenance, file_sha256, plan_problems, read_provenance
+from splade_triton.artifacts.files import file_sha256
+from splade_triton.artifacts.provenance import expected_provenance, plan_problems, read_provenance
 from splade_triton.artifacts.gpu_pipeline import DEFAULT_SPEC, GpuPipeline
 from splade_triton.artifacts.repository import ROOT, Pipeline, assemble
 from splade_triton.artifacts.shapes import engine_profile

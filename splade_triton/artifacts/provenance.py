@@ -8,22 +8,12 @@ current settings expect.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
-__all__ = ["PROVENANCE_FORMAT", "expected_provenance", "file_sha256", "plan_problems", "provenance_path", "read_provenance"]
+__all__ = ["PROVENANCE_FORMAT", "expected_provenance", "plan_problems", "provenance_path", "read_provenance"]
 
 PROVENANCE_FORMAT = 1
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def provenance_path(plan: Path) -> Path:

@@ -26,7 +26,7 @@ import numpy as np
 
 from splade_triton.serving.sparse import SparseBatch, check_options, sparse_rows
 
-__all__ = ["ACTIVATIONS", "activate", "reference_splade", "sparsify", "SparseBatch"]
+__all__ = ["ACTIVATIONS", "activate", "max_over_windows", "reference_splade", "sparsify", "static_vectors", "SparseBatch"]
 
 
 # name -> f(x) for x > 0 (every activation but identity is 0 for x <= 0).
@@ -95,3 +95,30 @@ def sparsify(pooled_logits: np.ndarray, top_k: int = 0, min_weight: float = 0.0,
         rows, cols, vals = rows[keep], cols[keep], vals[keep]
 
     return sparse_rows(n, rows, cols, vals, top_k)
+
+
+def max_over_windows(pooled: np.ndarray, text_index: np.ndarray | None) -> np.ndarray:
+    """[rows, vocab] -> [texts, vocab]: the max over each text's rows (consecutive, in text order).
+
+    A chunked text's windows are rows of its own; SPLADE's max over tokens,
+    taken across windows too, is its vector. ``text_index`` names each row's
+    text; None or one row per text returns ``pooled`` as it is.
+    """
+    if text_index is None or text_index.size == 0 or text_index[-1] + 1 == text_index.size:
+        return pooled  # one row per text
+    starts = np.flatnonzero(np.r_[True, text_index[1:] != text_index[:-1]])
+    return np.maximum.reduceat(pooled, starts, axis=0)
+
+
+def static_vectors(weights: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[n, vocab]: each distinct token's weight where the mask is set.
+
+    An inference-free query side (sentence-transformers' SparseStaticEmbedding):
+    a text's vector is the looked-up weight of each of its tokens, no transformer.
+    """
+    out = np.zeros((ids.shape[0], weights.shape[0]), dtype=np.float32)
+    rows, cols = np.nonzero(mask)
+    tokens = ids[rows, cols]
+    out[rows, tokens] = weights[tokens]
+    return out
+

@@ -33,6 +33,7 @@ from splade_triton.serving.limits import check_budget, check_tokens, head_dim, m
 from splade_triton.serving.params import Param, parse_text_options, read_model_parameters
 from splade_triton.serving.runtime import PRECISIONS, RUNTIMES, check_fidelity, fused_attention, model_file, open_session
 from splade_triton.serving.sides import read_export_info, read_sides
+from splade_triton.serving.splade import static_vectors
 
 _LEVELS = ("disable", "basic", "extended", "all")
 
@@ -54,15 +55,6 @@ PARAMETERS = {
 TOKEN_OUTPUTS = {"token_weights": 0, "colbert": 1}
 # Computed here from the attention mask, not by the graph.
 DERIVED_OUTPUTS = {"colbert_lengths"}
-
-
-def static_vectors(weights: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """[n, vocab]: each distinct token's weight where the mask is set (SparseStaticEmbedding)."""
-    out = np.zeros((ids.shape[0], weights.shape[0]), dtype=np.float32)
-    rows, cols = np.nonzero(mask)
-    tokens = ids[rows, cols]
-    out[rows, tokens] = weights[tokens]
-    return out
 
 
 class TritonPythonModel:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 # This folder's own copy of splade_triton (placed by the repository assembly) before any other:
@@ -22,17 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from splade_triton.serving.sides import read_export_info, read_sides
 from splade_triton.serving.sparse_step import SPARSE_OUTPUTS, SparseStep
-from splade_triton.serving.splade import activate, sparsify
+from splade_triton.serving.splade import activate, max_over_windows, sparsify
 
 WINDOW_OUTPUTS = tuple(f"window_{name}" for name in SPARSE_OUTPUTS)
-
-
-def max_over_windows(pooled: np.ndarray, text_index: np.ndarray | None) -> np.ndarray:
-    """[rows, vocab] -> [texts, vocab]: the max over each text's rows (consecutive, in text order)."""
-    if text_index is None or text_index.size == 0 or text_index[-1] + 1 == text_index.size:
-        return pooled  # one row per text
-    starts = np.flatnonzero(np.r_[True, text_index[1:] != text_index[:-1]])
-    return np.maximum.reduceat(pooled, starts, axis=0)
 
 
 class TritonPythonModel(SparseStep):
