@@ -30,6 +30,7 @@ from pathlib import Path
 
 from bench import workloads
 from bench.report import write_sections
+from bench.runtimes import machine
 from bench.run import (
     BUILD, ROOT, Served, batches, best_rate, ort_session, perf_analyzer, prepare_bert_base, prepare_repository,
     run_perf_analyzer,
@@ -85,21 +86,17 @@ def main(argv=None) -> None:
     if args.json_out:
         args.json_out.write_text(json.dumps({"model": args.model, "concurrency": args.concurrency, "batch": args.batch,
                                              "rounds": rounds, "median_ratio": median}, indent=2) + "\n")
-
-
     if args.write_docs:
         write_sections(ROOT / "docs" / "benchmarks.md", section(args, rounds, median, load_start, load_end))
 
 
 def section(args, rounds: list[dict], median: float, load_start, load_end) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
-    isa = ", ".join(sorted(f for f in flags if f.startswith(("avx512f", "avx512_bf16", "avx512_vnni", "amx_")))) or "no AVX-512"
+    m = machine()
     command = (f"python -m bench.stack --model {args.model} --texts {args.texts} --concurrency {args.concurrency} "
                f"--rounds {args.rounds} --interval-ms {args.interval_ms}")
     stages = list(rounds[0]["cpu_ms_per_text"])
     lines = [f"## Serving stack cost: {args.model}", "",
-             f"`{command}`, {datetime.date.today().isoformat()}, {cpu} ({os.cpu_count()} cores; {isa}); load average "
+             f"`{command}`, {datetime.date.today().isoformat()}, {m['cpu']} ({m['cores']} cores; ISA: {', '.join(m['isa'])}); load average "
              f"{load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end (the benchmark itself). Served: perf_analyzer "
              f"gRPC, {args.concurrency} single-passage requests in flight; bare: ONNX Runtime in process, {args.threads} "
              f"threads, tokenization included, texts sorted by length in batches of {args.batch}. Rounds alternate.",

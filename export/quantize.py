@@ -94,8 +94,8 @@ def main(argv=None) -> int:
         figures = gate(reference, session, model_dir, texts=args.texts)
         results[name] = figures
         shown = {k: round(v, 6) if isinstance(v, float) else v for k, v in figures.items()
-                 if k in ("topk_mass_recall", "min_text_mass_recall", "topk_recall", "min_text_recall", "max_abs_diff", "nonzero_mismatches", "ndcg10",
-                          "ndcg10_fp32", "dense_cosine_min", "gate", "failures")}
+                 if k in ("topk_mass_recall", "min_text_mass_recall", "topk_recall", "min_text_recall", "max_abs_diff",
+                          "nonzero_mismatches", "ndcg10", "ndcg10_fp32", "dense_cosine_min", "gate", "failures")}
         print(f"{name}: {shown}", flush=True)
     if tmp is not None:
         tmp.cleanup()

@@ -26,9 +26,11 @@ def row_cost(length, attention: int = 0):
     return length * (1 + length / attention) if attention else length
 
 # A call costs about as much as this many more tokens of padding: a chunk is cut
-# where the padding it saves is worth more. Measured on splade-tiny, 2 cores:
-# executions of 22 passages of 102-132 tokens ran 5-10% faster cut at 32, 64 or
-# 128 than as one padded call, and 20% slower cut into one text per call.
+# where the padding it saves is worth more. Measured on splade-tiny, 2 cores
+# (Intel Xeon with AMX): replayed in process, executions of 22 passages of
+# 102-132 tokens ran 2-10% faster (run to run) cut at 32, 64 or 128 than as one
+# padded call, and 20% slower cut into one text per call; served, the encoder's
+# CPU per passage fell 11% (docs/overhead.md).
 CALL_TOKENS = 64
 
 
